@@ -1,0 +1,55 @@
+"""``duralog serve``: run the server."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..server.config import Config, parse_size
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "serve", help="run the Durable Streams server",
+        description="Run the server. Every flag can also be set with an environment "
+                    "variable (DURALOG_PORT, DURALOG_BACKEND, ...); flags win.")
+    p.add_argument("--host", help="address to listen on (default 127.0.0.1; DURALOG_HOST)")
+    p.add_argument("--port", type=int, help="port (default 4437; DURALOG_PORT)")
+    p.add_argument("--backend", choices=["memory", "sqlite"],
+                   help="storage: sqlite (durable, the default) or memory (DURALOG_BACKEND)")
+    p.add_argument("--data-dir", help="where the durable backend keeps its files "
+                                      "(default ./duralog-data; DURALOG_DATA_DIR)")
+    p.add_argument("--long-poll-timeout", type=float, metavar="SECONDS",
+                   help="how long a long-poll waits for data (default 30; "
+                        "DURALOG_LONG_POLL_TIMEOUT)")
+    p.add_argument("--chunk-size", type=parse_size, metavar="BYTES",
+                   help="most bytes one catch-up read returns (default 1MiB; "
+                        "DURALOG_CHUNK_SIZE)")
+    p.add_argument("--max-body-size", type=parse_size, metavar="BYTES",
+                   help="largest append accepted, larger gets 413 (default 64MiB; "
+                        "DURALOG_MAX_BODY_SIZE)")
+    p.add_argument("--log-level", default="warning",
+                   choices=["critical", "error", "warning", "info", "debug"])
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from ..server.app import DuralogApp
+
+    try:
+        config = Config.from_env(
+            host=args.host, port=args.port, backend=args.backend, data_dir=args.data_dir,
+            long_poll_timeout=args.long_poll_timeout, chunk_size=args.chunk_size,
+            max_body_size=args.max_body_size)
+    except ValueError as err:
+        print(f"duralog serve: {err}", file=sys.stderr)
+        return 2
+    app = DuralogApp(config)
+    where = config.data_dir if config.backend == "sqlite" else "memory"
+    print(f"duralog: serving Durable Streams on http://{config.host}:{config.port}"
+          f"{config.stream_prefix} ({config.backend}: {where})", file=sys.stderr, flush=True)
+    uvicorn.run(app, host=config.host, port=config.port, log_level=args.log_level,
+                access_log=False, lifespan="on", timeout_graceful_shutdown=2)
+    return 0

@@ -1,0 +1,72 @@
+"""JSON mode (PROTOCOL.md 9.1).
+
+An append to an ``application/json`` stream is validated, one level of array is
+flattened (9.1.2), and each message is stored in compact form. One append is
+stored as one *fragment*: its messages joined by commas. A read answers
+``[`` + fragments joined by commas + ``]`` (9.1.5) without parsing anything
+again, which keeps catch-up reads of JSON streams as cheap as byte streams.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import orjson
+
+from .errors import ProtocolError
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _loads(body: bytes) -> tuple[Any, bool]:
+    """Parse JSON; the flag says whether orjson could (it refuses integers past 64 bits)."""
+    try:
+        return orjson.loads(body), True
+    except orjson.JSONDecodeError:
+        pass
+    try:
+        text = body.decode("utf-8")
+        return json.loads(text, parse_constant=_reject_constant), False
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise ProtocolError(400, "body is not valid JSON") from None
+
+
+def _dumps(value: Any, fast: bool) -> bytes:
+    if fast:
+        return orjson.dumps(value)
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def split_messages(body: bytes, *, allow_empty: bool) -> list[bytes]:
+    """The messages one append stores, each as compact JSON.
+
+    ``allow_empty`` is true for the body of a PUT, where ``[]`` creates an empty
+    stream (9.1.3); a POST of ``[]`` is refused.
+    """
+    value, fast = _loads(body)
+    if isinstance(value, list):
+        if not value:
+            if allow_empty:
+                return []
+            raise ProtocolError(400, "empty JSON array: an append needs at least one message")
+        return [_dumps(item, fast) for item in value]
+    return [_dumps(value, fast)]
+
+
+def fragment(messages: list[bytes]) -> bytes:
+    """The stored form of one append: its messages joined by commas."""
+    return b",".join(messages)
+
+
+def wrap(fragments: list[bytes]) -> bytes:
+    """A read's body: every message of the fragments as one JSON array (9.1.5)."""
+    return b"[" + b",".join(fragments) + b"]"
+
+
+def fragment_messages(frag: bytes) -> list[bytes]:
+    """The messages of one stored fragment (used to fork inside an append, 4.2)."""
+    value, fast = _loads(b"[" + frag + b"]")
+    return [_dumps(item, fast) for item in value]

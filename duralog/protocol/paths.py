@@ -1,0 +1,39 @@
+"""Stream names from request paths (PROTOCOL.md 12.2: no path traversal).
+
+A stream name is the part of the URL path after the stream prefix, decoded.
+Names that could mean something else on a file system or to a proxy are
+refused rather than normalized: ``.`` and ``..`` segments, empty segments,
+encoded slashes, backslashes, NUL and other control characters.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import unquote_to_bytes
+
+from .errors import ProtocolError
+
+MAX_NAME_BYTES = 1024
+_FORBIDDEN_ESCAPES = (b"%2f", b"%5c", b"%00")
+
+
+def stream_name(raw: bytes) -> str:
+    """The stream name for a raw (still percent-encoded) path tail."""
+    if not raw:
+        raise ProtocolError(404, "no stream name in the path")
+    lowered = raw.lower()
+    for escape in _FORBIDDEN_ESCAPES:
+        if escape in lowered:
+            raise ProtocolError(400, "stream name contains an encoded slash, backslash or NUL")
+    decoded = unquote_to_bytes(raw)
+    if len(decoded) > MAX_NAME_BYTES:
+        raise ProtocolError(414, f"stream name is longer than {MAX_NAME_BYTES} bytes")
+    try:
+        name = decoded.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ProtocolError(400, "stream name is not valid UTF-8") from None
+    if any(ord(c) < 0x20 or ord(c) == 0x7F or c == "\\" for c in name):
+        raise ProtocolError(400, "stream name contains a control character or backslash")
+    for segment in name.split("/"):
+        if segment in ("", ".", ".."):
+            raise ProtocolError(400, "stream name has an empty, '.' or '..' segment")
+    return name

@@ -1,0 +1,85 @@
+"""Server settings, with their environment variables and defaults."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+
+DEFAULT_PORT = 4437  # PROTOCOL.md 13.1
+
+
+@dataclass(slots=True)
+class Config:
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    backend: str = "sqlite"
+    data_dir: str = "./duralog-data"
+    long_poll_timeout: float = 30.0  # seconds a long-poll (or SSE keep-alive) waits
+    chunk_size: int = 1 << 20  # most bytes one catch-up read answers
+    max_body_size: int = 64 << 20  # larger appends get 413
+    sse_max_duration: float = 60.0  # PROTOCOL.md 5.8: SSE connections close about every 60 s
+    stream_prefix: str = "/v1/stream/"
+    cors_origin: str = "*"
+    compression: bool = True
+    sweep_interval: float = 5.0  # seconds between background sweeps of expired streams
+    registry: bool = True
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None, **overrides: object) -> Config:
+        """Defaults, then ``DURALOG_<NAME>`` variables, then explicit overrides."""
+        env = os.environ if environ is None else environ
+        config = cls()
+        for f in fields(cls):
+            raw = env.get(f"DURALOG_{f.name.upper()}")
+            if raw is not None and raw != "":
+                setattr(config, f.name, _convert(f.name, raw, getattr(config, f.name)))
+        for name, value in overrides.items():
+            if value is not None:
+                setattr(config, name, value)
+        config.validate()
+        return config
+
+    def validate(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"port must be 0-65535, not {self.port}")
+        if self.backend not in ("memory", "sqlite"):
+            raise ValueError(f"backend must be memory or sqlite, not {self.backend!r}")
+        for name in ("long_poll_timeout", "sse_max_duration", "sweep_interval"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name.replace('_', '-')} must be positive")
+        for name in ("chunk_size", "max_body_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name.replace('_', '-')} must be at least 1 byte")
+        if not (self.stream_prefix.startswith("/") and self.stream_prefix.endswith("/")):
+            raise ValueError("stream prefix must start and end with '/'")
+
+
+def _convert(name: str, raw: str, default: object) -> object:
+    try:
+        if isinstance(default, bool):
+            if raw.lower() in ("1", "true", "yes", "on"):
+                return True
+            if raw.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
+        if isinstance(default, int):
+            return parse_size(raw)
+        if isinstance(default, float):
+            return float(raw)
+    except ValueError:
+        raise ValueError(f"DURALOG_{name.upper()}={raw!r} is not a valid value") from None
+    return raw
+
+
+_UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 1 << 10, "kib": 1 << 10, "m": 1 << 20,
+          "mb": 1 << 20, "mib": 1 << 20, "g": 1 << 30, "gb": 1 << 30, "gib": 1 << 30}
+
+
+def parse_size(text: str) -> int:
+    """``65536``, ``64k``, ``16MiB`` -> bytes."""
+    s = text.strip().lower()
+    digits = s.rstrip("abcdefghijklmnopqrstuvwxyz")
+    unit = s[len(digits):].strip()
+    if not digits or unit not in _UNITS:
+        raise ValueError(f"not a size: {text!r}")
+    return int(digits) * _UNITS[unit]

@@ -1,0 +1,216 @@
+"""The Store interface, and what every backend shares.
+
+A backend keeps each stream's ``StreamState`` (protocol.state) and its records:
+one record per accepted append, keyed by (stream id, end position). Decisions
+(idempotent create, producer fencing, closure) come from protocol.state, so
+backends differ only in where records and state live and when they are durable.
+
+Readers see committed data only: ``get`` returns the committed state, and
+``wait`` wakes when a commit moves a stream's tail, closes it or deletes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+from ..protocol.errors import ProtocolError
+from ..protocol.headers import is_json
+from ..protocol.jsonmode import fragment, fragment_messages
+from ..protocol.state import AppendDecision, AppendRequest, CreateRequest, StreamState
+
+UNBOUNDED = 1 << 62
+
+
+@dataclass(slots=True)
+class ReadChunk:
+    """Committed bytes from a position: record payloads (byte streams may be sliced)."""
+
+    parts: list[bytes]
+    next_pos: int
+
+
+@dataclass(frozen=True, slots=True)
+class Segment:
+    """A stretch of a stream's positions whose records belong to ``stream_id``."""
+
+    stream_id: int
+    lo: int
+    hi: int
+
+
+class Notifier:
+    """Wake-ups for live readers: one shared future per stream, not a copy per reader.
+
+    ``changed(id)`` resolves the stream's current future and drops it; the next
+    waiter creates a fresh one. Ten thousand readers of one stream cost one
+    future and ten thousand callbacks, and no bytes are copied per reader.
+    """
+
+    def __init__(self) -> None:
+        self._futures: dict[int, asyncio.Future[None]] = {}
+
+    def future(self, stream_id: int) -> asyncio.Future[None]:
+        fut = self._futures.get(stream_id)
+        if fut is None or fut.done():
+            fut = asyncio.get_running_loop().create_future()
+            self._futures[stream_id] = fut
+        return fut
+
+    def changed(self, stream_id: int) -> None:
+        fut = self._futures.pop(stream_id, None)
+        if fut is not None and not fut.done():
+            fut.set_result(None)
+
+    def wake_all(self) -> None:
+        for stream_id in list(self._futures):
+            self.changed(stream_id)
+
+
+class Store(ABC):
+    """Streams by path (relative to the stream root), with their state and records."""
+
+    #: Changes when the store's identity changes; part of every ETag so a
+    #: recreated store never answers 304 for another store's bytes.
+    instance_tag: str = "0"
+
+    def __init__(self) -> None:
+        self.notifier = Notifier()
+
+    # -- lifecycle ---------------------------------------------------------
+    async def start(self) -> None:  # noqa: B027 - optional hook
+        """Open files and start background work."""
+
+    async def stop(self) -> None:
+        """Flush and close. Live readers are woken so they can finish."""
+        self.notifier.wake_all()
+
+    # -- state -------------------------------------------------------------
+    @abstractmethod
+    def _state(self, path: str) -> StreamState | None:
+        """The committed state at ``path``, expired or not."""
+
+    @abstractmethod
+    def _state_by_id(self, stream_id: int) -> StreamState | None: ...
+
+    @abstractmethod
+    def list_states(self) -> list[StreamState]:
+        """Every live (not soft-deleted, not expired) stream."""
+
+    def get(self, path: str) -> StreamState | None:
+        """The committed state at ``path``, or None. Expired streams are gone (4)."""
+        state = self._state(path)
+        if state is not None and not state.soft_deleted and state.is_expired(time.time()):
+            self._expire(state)
+            return self._state(path) if state.refcount else None
+        return state
+
+    def touch(self, state: StreamState) -> None:
+        """5.1: reads and writes slide a TTL; HEAD does not."""
+        if state.ttl is not None:
+            state.last_access = time.time()
+
+    @abstractmethod
+    def _expire(self, state: StreamState) -> None:
+        """Remove an expired stream now (soft-delete it when forks still read it)."""
+
+    # -- writes ------------------------------------------------------------
+    @abstractmethod
+    async def create(self, path: str, req: CreateRequest, payload: bytes | None
+                     ) -> tuple[StreamState, bool]:
+        """5.1: create, or confirm an identical stream. Returns (state, created).
+
+        ``payload`` is the initial content, already in stored form (a JSON
+        fragment for JSON streams), or None.
+        """
+
+    @abstractmethod
+    async def append(self, path: str, req: AppendRequest) -> tuple[AppendDecision, StreamState]:
+        """5.2: decide and, when accepted, commit. Returns the decision and the state after."""
+
+    @abstractmethod
+    async def delete(self, path: str) -> None:
+        """5.4: delete (soft-delete while forks exist). ProtocolError for 404/410."""
+
+    # -- reads -------------------------------------------------------------
+    def segments(self, state: StreamState) -> list[Segment]:
+        """4.2: the stretches a (possibly forked) stream reads from, in order."""
+        chain: list[Segment] = []
+        hi = UNBOUNDED
+        current: StreamState | None = state
+        while current is not None:
+            lo = current.fork_pos or 0
+            chain.append(Segment(current.id, lo, hi))
+            if current.source_id is None:
+                break
+            hi = min(hi, lo)
+            current = self._state_by_id(current.source_id)
+        chain.reverse()
+        return chain
+
+    @abstractmethod
+    async def _read_records(self, stream_id: int, lo: int, hi: int, pos: int,
+                            budget: int, whole: bool) -> tuple[list[tuple[int, bytes]], bool]:
+        """Records of one stream with end in (max(pos, lo), hi], as (start, data).
+
+        Stops once ``budget`` bytes are gathered (at least one record). Returns
+        the records and whether it stopped for the budget.
+        """
+
+    async def read(self, state: StreamState, pos: int, max_bytes: int,
+                   *, whole: bool | None = None) -> ReadChunk:
+        """Committed data from ``pos``, at most ``max_bytes`` (at least one record).
+
+        Byte streams may start or stop inside a record; JSON records are never
+        cut, because a fragment is only meaningful whole.
+        """
+        if whole is None:
+            whole = is_json(state.content_type)
+        parts: list[bytes] = []
+        next_pos = pos
+        budget = max_bytes
+        tail = state.tail
+        for seg in self.segments(state):
+            if seg.hi <= next_pos or next_pos >= tail:
+                continue
+            records, _ = await self._read_records(
+                seg.stream_id, seg.lo, min(seg.hi, tail), next_pos, budget, whole)
+            for start, data in records:
+                end = start + len(data)
+                if start < next_pos:
+                    if whole:
+                        continue  # an offset inside a JSON append: skip that append
+                    data = data[next_pos - start:]
+                if not whole and len(data) > budget:
+                    data = data[:budget]
+                    end = next_pos + budget
+                parts.append(data)
+                budget -= len(data)
+                next_pos = end
+                if budget <= 0:
+                    return ReadChunk(parts, next_pos)
+        return ReadChunk(parts, max(next_pos, pos))
+
+    async def wait(self, stream_id: int, timeout: float) -> bool:
+        """Wait until the stream changes (append, close, delete); False on timeout."""
+        fut = self.notifier.future(stream_id)
+        done, _ = await asyncio.wait((fut,), timeout=timeout)
+        return bool(done)
+
+    # -- helpers for backends ----------------------------------------------
+    async def fork_prefix(self, source: StreamState, fork_pos: int, sub: int) -> bytes:
+        """4.2: the part of the source's next append that a sub-offset fork inherits."""
+        chunk = await self.read(source, fork_pos, 1, whole=True)
+        if not chunk.parts:
+            raise ProtocolError(400, "Stream-Fork-Sub-Offset points past the source's data")
+        first = chunk.parts[0]
+        if is_json(source.content_type):
+            messages = fragment_messages(first)
+            if sub > len(messages):
+                raise ProtocolError(400, "Stream-Fork-Sub-Offset is past the next append")
+            return fragment(messages[:sub])
+        if sub > len(first):
+            raise ProtocolError(400, "Stream-Fork-Sub-Offset is past the next append")
+        return first[:sub]

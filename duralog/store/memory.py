@@ -1,0 +1,143 @@
+"""The memory backend: everything in process memory, gone on restart.
+
+For tests and for servers that do not need durability. Every operation runs to
+completion on the event loop without awaiting, so operations on one stream
+(and one producer) are serialized for free (PROTOCOL.md 5.2.1).
+"""
+
+from __future__ import annotations
+
+import itertools
+import secrets
+import time
+from bisect import bisect_right
+
+from ..protocol.errors import ProtocolError
+from ..protocol.state import (
+    AppendDecision,
+    AppendRequest,
+    CreateRequest,
+    StreamState,
+    apply_append,
+    decide_append,
+)
+from .base import Store
+from .plans import Plan, plan_create, plan_delete
+
+
+class _Records:
+    """One stream's records: end positions and payloads in parallel lists."""
+
+    __slots__ = ("datas", "ends")
+
+    def __init__(self) -> None:
+        self.ends: list[int] = []
+        self.datas: list[bytes] = []
+
+
+class MemoryStore(Store):
+    def __init__(self) -> None:
+        super().__init__()
+        self.instance_tag = secrets.token_hex(4)
+        self._by_path: dict[str, StreamState] = {}
+        self._by_id: dict[int, StreamState] = {}
+        self._records: dict[int, _Records] = {}
+        self._ids = itertools.count(1)
+
+    def _state(self, path: str) -> StreamState | None:
+        return self._by_path.get(path)
+
+    def _state_by_id(self, stream_id: int) -> StreamState | None:
+        return self._by_id.get(stream_id)
+
+    def list_states(self) -> list[StreamState]:
+        now = time.time()
+        return [s for s in self._by_path.values()
+                if not s.soft_deleted and not s.is_expired(now)]
+
+    def _apply(self, plan: Plan) -> None:
+        for state in plan.states:
+            self._by_path[state.path] = state
+            self._by_id[state.id] = state
+        for stream_id, end, data in plan.records:
+            records = self._records.setdefault(stream_id, _Records())
+            records.ends.append(end)
+            records.datas.append(data)
+        for state in plan.dropped:
+            if self._by_path.get(state.path) is self._by_id.get(state.id):
+                self._by_path.pop(state.path, None)
+            self._by_id.pop(state.id, None)
+            self._records.pop(state.id, None)
+        for state in (*plan.states, *plan.dropped):
+            self.notifier.changed(state.id)
+
+    def _expire(self, state: StreamState) -> None:
+        self._apply(plan_delete(self._state_by_id, state))
+
+    async def create(self, path: str, req: CreateRequest, payload: bytes | None
+                     ) -> tuple[StreamState, bool]:
+        prefix = b""
+        if req.forked_from is not None and req.fork_sub:
+            source = self.get(req.forked_from)
+            if source is not None and not source.soft_deleted:
+                pos = source.tail if req.fork_pos is None else req.fork_pos
+                if pos <= source.tail and self.get(path) is None:
+                    prefix = await self.fork_prefix(source, pos, req.fork_sub)
+        self.get(path)  # drop an expired stream at this path first
+        if req.forked_from is not None:
+            self.get(req.forked_from)
+        plan = plan_create(self._state, path, req, payload, prefix, next(self._ids), time.time())
+        self._apply(plan)
+        assert plan.result is not None
+        return plan.result, plan.created
+
+    async def append(self, path: str, req: AppendRequest) -> tuple[AppendDecision, StreamState]:
+        state = self._live(path)
+        decision = decide_append(state, req)
+        if decision.write:
+            if req.payload:
+                records = self._records.setdefault(state.id, _Records())
+                records.ends.append(state.tail + len(req.payload))
+                records.datas.append(req.payload)
+            apply_append(state, req, decision, time.time())
+            self.notifier.changed(state.id)
+        return decision, state
+
+    async def delete(self, path: str) -> None:
+        state = self._live(path)
+        self._apply(plan_delete(self._state_by_id, state))
+
+    def _live(self, path: str) -> StreamState:
+        state = self.get(path)
+        if state is None:
+            raise ProtocolError(404, "stream not found")
+        if state.soft_deleted:
+            raise ProtocolError(410, "stream was deleted")
+        return state
+
+    async def _read_records(self, stream_id: int, lo: int, hi: int, pos: int,
+                            budget: int, whole: bool) -> tuple[list[tuple[int, bytes]], bool]:
+        records = self._records.get(stream_id)
+        if records is None:
+            return [], False
+        ends, datas = records.ends, records.datas
+        i = bisect_right(ends, max(pos, lo))
+        out: list[tuple[int, bytes]] = []
+        n = len(ends)
+        while i < n and ends[i] <= hi:
+            data = datas[i]
+            out.append((ends[i] - len(data), data))
+            budget -= len(data)
+            i += 1
+            if budget <= 0:
+                return out, True
+        return out, False
+
+    async def sweep_expired(self) -> int:
+        """Remove every expired stream; returns how many."""
+        now = time.time()
+        expired = [s for s in list(self._by_path.values())
+                   if not s.soft_deleted and s.is_expired(now)]
+        for state in expired:
+            self._expire(state)
+        return len(expired)

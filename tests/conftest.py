@@ -1,0 +1,54 @@
+"""Shared fixtures: real servers in subprocesses (duralog per backend, the Node reference)."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from .servers import ROOT, ServerProcess, duralog_server, reference_server
+
+
+@pytest.fixture(scope="session")
+def memory_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """A duralog server on the memory backend, shared by the session."""
+    log = tmp_path_factory.mktemp("memory-server") / "server.log"
+    server = duralog_server("memory", log_path=log).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def sqlite_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """A duralog server on the durable SQLite backend, shared by the session."""
+    base = tmp_path_factory.mktemp("sqlite-server")
+    server = duralog_server("sqlite", data_dir=base / "data", log_path=base / "server.log").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def any_server(request: pytest.FixtureRequest) -> ServerProcess:
+    """Each duralog backend in turn."""
+    return request.getfixturevalue(f"{request.param}_server")
+
+
+@pytest.fixture(scope="session")
+def node_available() -> None:
+    if shutil.which("node") is None or not (ROOT / "node_modules/@durable-streams").is_dir():
+        pytest.fail("node and the npm test peers are required: run `npm ci` first")
+
+
+@pytest.fixture(scope="session")
+def ref_server(node_available: None) -> Iterator[ServerProcess]:
+    """The Node reference server (npm @durable-streams/server), memory mode."""
+    server = reference_server().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    return tmp_path / "data"

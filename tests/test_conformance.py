@@ -1,0 +1,66 @@
+"""The official conformance suite (npm @durable-streams/server-conformance-tests 0.3.6),
+run by vitest against a duralog server this test starts, once per backend.
+
+The suite is the protocol authors' own; the numbers it reports are the verdict.
+Our server runs with a 3 s long-poll timeout here: the suite's offset=now
+long-poll tests run under vitest's default 5 s test timeout, and the protocol
+leaves the timeout to the server (PROTOCOL.md 5.7).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from .servers import ROOT, duralog_server
+
+# 338 tests: 332 run, 6 skipped (subscriptions, which a later issue brings).
+EXPECTED_PASSED = 332
+
+
+def run_conformance(url: str, report: Path) -> dict:
+    cmd = ["npx", "--no-install", "vitest", "run", "--config", "conformance/vitest.config.mjs",
+           "--reporter=default", "--reporter=json", f"--outputFile.json={report}"]
+    proc = subprocess.run(cmd, cwd=ROOT, env={**_env(), "CONFORMANCE_TEST_URL": url},
+                          capture_output=True, text=True, timeout=900)
+    if not report.exists():
+        raise AssertionError(f"vitest wrote no report:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+    return json.loads(report.read_text())
+
+
+def _env() -> dict[str, str]:
+    import os
+
+    return {**os.environ, "FORCE_COLOR": "0", "CI": "true"}
+
+
+def failures(result: dict) -> list[str]:
+    out = []
+    for suite in result.get("testResults", []):
+        for test in suite.get("assertionResults", []):
+            if test["status"] == "failed":
+                message = (test.get("failureMessages") or [""])[0].splitlines()[0:2]
+                out.append(f"{test['fullName']}: {' '.join(message)[:300]}")
+    return out
+
+
+@pytest.mark.timeout(1200)
+@pytest.mark.parametrize("backend", ["memory", "sqlite"])
+def test_official_conformance_suite(backend: str, tmp_path: Path, node_available: None) -> None:
+    server = duralog_server(backend, data_dir=tmp_path / "data",
+                            extra=["--long-poll-timeout", "3"],
+                            log_path=tmp_path / "server.log").start()
+    try:
+        result = run_conformance(server.url, tmp_path / "report.json")
+    finally:
+        server.stop()
+    failed = failures(result)
+    print(f"conformance[{backend}]: {result['numPassedTests']} passed, "
+          f"{result['numFailedTests']} failed, {result['numPendingTests']} skipped "
+          f"of {result['numTotalTests']}")
+    assert failed == [], "\n".join(failed)
+    assert result["numPassedTests"] == EXPECTED_PASSED
+    assert result["numFailedTests"] == 0
