@@ -99,6 +99,7 @@ class DuralogApp:
         self._start_lock = asyncio.Lock()
         self._sweeper: asyncio.Task[None] | None = None
         self._closing = asyncio.Event()
+        self._background: set[asyncio.Task[None]] = set()
         self._base_headers: Headers = [
             (b"access-control-allow-origin", self.config.cors_origin.encode()),
             (b"access-control-expose-headers", _EXPOSE),
@@ -113,6 +114,10 @@ class DuralogApp:
             if self._started:
                 return
             await self.store.start()
+            self.store.removal_listeners.append(self._on_removed)
+            if self.config.registry and self.store.get(REGISTRY) is None:
+                await self.store.create(REGISTRY, CreateRequest(content_type="application/json"),
+                                        None)
             self._closing.clear()
             self._sweeper = asyncio.create_task(self._sweep_loop())
             self._started = True
@@ -201,6 +206,8 @@ class DuralogApp:
             return
         if name.split("/", 1)[0] == RESERVED:
             raise ProtocolError(404, "no such control API (the __ds prefix is reserved)")
+        if name == REGISTRY and method in ("POST", "DELETE"):
+            raise ProtocolError(403, "the registry stream is written by the server only")
         req = _Request(scope, receive, name)
         if method == "GET":
             await self._get(req, send)
@@ -629,6 +636,13 @@ class DuralogApp:
             await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     # -- registry ----------------------------------------------------------------
+    def _on_removed(self, state: StreamState) -> None:
+        """A stream the store expired on its own is recorded like a DELETE."""
+        if self._started:
+            task = asyncio.get_running_loop().create_task(self._record_registry("delete", state))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
     async def _record_registry(self, operation: str, state: StreamState) -> None:
         """Record creates and deletes in __registry__ as State Protocol changes."""
         if not self.config.registry or name_is_registry(state.path):

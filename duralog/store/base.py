@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..protocol.errors import ProtocolError
@@ -78,6 +79,14 @@ class Store(ABC):
 
     def __init__(self) -> None:
         self.notifier = Notifier()
+        #: Called with each stream the store removes on its own (expiry), so the
+        #: server can record it (the registry) like a DELETE.
+        self.removal_listeners: list[Callable[[StreamState], None]] = []
+
+    def _removed(self, states: list[StreamState]) -> None:
+        for state in states:
+            for listener in self.removal_listeners:
+                listener(state)
 
     # -- lifecycle ---------------------------------------------------------
     async def start(self) -> None:  # noqa: B027 - optional hook
@@ -96,8 +105,13 @@ class Store(ABC):
     def _state_by_id(self, stream_id: int) -> StreamState | None: ...
 
     @abstractmethod
+    def all_states(self) -> list[StreamState]:
+        """Every stream the store holds, soft-deleted and expired ones included."""
+
     def list_states(self) -> list[StreamState]:
-        """Every live (not soft-deleted, not expired) stream."""
+        """Every live stream: not soft-deleted, not expired."""
+        now = time.time()
+        return [s for s in self.all_states() if not s.soft_deleted and not s.is_expired(now)]
 
     def get(self, path: str) -> StreamState | None:
         """The committed state at ``path``, or None. Expired streams are gone (4)."""
@@ -114,7 +128,18 @@ class Store(ABC):
 
     @abstractmethod
     def _expire(self, state: StreamState) -> None:
-        """Remove an expired stream now (soft-delete it when forks still read it)."""
+        """Remove an expired stream now (soft-delete it when forks still read it).
+
+        Backends call ``_removed([state])`` once it is gone.
+        """
+
+    async def sweep_expired(self) -> int:
+        """Remove every expired stream (4); returns how many. Run in the background."""
+        now = time.time()
+        expired = [s for s in self.all_states() if not s.soft_deleted and s.is_expired(now)]
+        for state in expired:
+            self._expire(state)
+        return len(expired)
 
     # -- writes ------------------------------------------------------------
     @abstractmethod

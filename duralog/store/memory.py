@@ -50,10 +50,8 @@ class MemoryStore(Store):
     def _state_by_id(self, stream_id: int) -> StreamState | None:
         return self._by_id.get(stream_id)
 
-    def list_states(self) -> list[StreamState]:
-        now = time.time()
-        return [s for s in self._by_path.values()
-                if not s.soft_deleted and not s.is_expired(now)]
+    def all_states(self) -> list[StreamState]:
+        return list(self._by_path.values())
 
     def _apply(self, plan: Plan) -> None:
         for state in plan.states:
@@ -73,6 +71,7 @@ class MemoryStore(Store):
 
     def _expire(self, state: StreamState) -> None:
         self._apply(plan_delete(self._state_by_id, state))
+        self._removed([state])
 
     async def create(self, path: str, req: CreateRequest, payload: bytes | None
                      ) -> tuple[StreamState, bool]:
@@ -132,12 +131,3 @@ class MemoryStore(Store):
             if budget <= 0:
                 return out, True
         return out, False
-
-    async def sweep_expired(self) -> int:
-        """Remove every expired stream; returns how many."""
-        now = time.time()
-        expired = [s for s in list(self._by_path.values())
-                   if not s.soft_deleted and s.is_expired(now)]
-        for state in expired:
-            self._expire(state)
-        return len(expired)
