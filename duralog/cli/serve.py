@@ -46,10 +46,24 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as err:
         print(f"duralog serve: {err}", file=sys.stderr)
         return 2
+    _raise_fd_limit()
     app = DuralogApp(config)
     where = config.data_dir if config.backend == "sqlite" else "memory"
     print(f"duralog: serving Durable Streams on http://{config.host}:{config.port}"
           f"{config.stream_prefix} ({config.backend}: {where})", file=sys.stderr, flush=True)
     uvicorn.run(app, host=config.host, port=config.port, log_level=args.log_level,
-                access_log=False, lifespan="on", timeout_graceful_shutdown=2)
+                access_log=False, lifespan="on", timeout_graceful_shutdown=2,
+                loop="uvloop", http="httptools", backlog=4096)
     return 0
+
+
+def _raise_fd_limit() -> None:
+    """Each live reader holds a socket: allow as many as the hard limit permits."""
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft < hard:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ImportError, ValueError, OSError):
+        pass

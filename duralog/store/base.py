@@ -198,15 +198,18 @@ class Store(ABC):
         budget = max_bytes
         tail = state.tail
         for seg in self.segments(state):
-            if seg.hi <= next_pos or next_pos >= tail:
+            seg_end = min(seg.hi, tail)
+            if seg_end <= next_pos:
                 continue
-            records, _ = await self._read_records(
-                seg.stream_id, seg.lo, min(seg.hi, tail), next_pos, budget, whole)
+            records, stopped = await self._read_records(
+                seg.stream_id, seg.lo, seg_end, next_pos, budget, whole)
             for start, data in records:
                 end = start + len(data)
                 if start < next_pos:
                     if whole:
-                        continue  # an offset inside a JSON append: skip that append
+                        # An offset inside a JSON append: that append is skipped whole.
+                        next_pos = end
+                        continue
                     data = data[next_pos - start:]
                 if not whole and len(data) > budget:
                     data = data[:budget]
@@ -216,6 +219,13 @@ class Store(ABC):
                 next_pos = end
                 if budget <= 0:
                     return ReadChunk(parts, next_pos)
+            if stopped:
+                return ReadChunk(parts, next_pos)
+            if next_pos < seg_end:
+                # No record ends inside the rest of this stretch: a fork made at an
+                # offset the server never issued (8 leaves it undefined). Step over the
+                # gap so readers always make progress.
+                next_pos = seg_end
         return ReadChunk(parts, max(next_pos, pos))
 
     async def wait(self, stream_id: int, timeout: float) -> bool:
