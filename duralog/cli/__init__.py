@@ -13,7 +13,7 @@ import sys
 from .. import __version__
 
 # Subcommand modules, in the order `duralog --help` lists them.
-COMMANDS = ["serve"]
+COMMANDS = ["serve", "streams"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,7 +29,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        # Positional data may follow options (`write s --json '{"a":1}'`); anything
+        # else left over is a real mistake.
+        if isinstance(getattr(args, "data", None), list) and not any(
+                e.startswith("-") and e != "-" for e in extra):
+            args.data.extend(extra)
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if not getattr(args, "run", None):
         parser.print_help()
         return 2
