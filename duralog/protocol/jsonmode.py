@@ -10,6 +10,7 @@ again, which keeps catch-up reads of JSON streams as cheap as byte streams.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import orjson
@@ -21,12 +22,18 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+# orjson reads an integer past 64 bits as a float, silently losing digits; a body
+# with a run of 19+ digits takes the exact (slower) path instead.
+_LONG_DIGITS = re.compile(rb"[0-9]{19}")
+
+
 def _loads(body: bytes) -> tuple[Any, bool]:
-    """Parse JSON; the flag says whether orjson could (it refuses integers past 64 bits)."""
-    try:
-        return orjson.loads(body), True
-    except orjson.JSONDecodeError:
-        pass
+    """Parse JSON; the flag says whether orjson did (it is exact only up to 64 bits)."""
+    if _LONG_DIGITS.search(body) is None:
+        try:
+            return orjson.loads(body), True
+        except orjson.JSONDecodeError:
+            pass
     try:
         text = body.decode("utf-8")
         return json.loads(text, parse_constant=_reject_constant), False
@@ -37,7 +44,11 @@ def _loads(body: bytes) -> tuple[Any, bool]:
 def _dumps(value: Any, fast: bool) -> bytes:
     if fast:
         return orjson.dumps(value)
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:  # a \ud800-style escape: a lone surrogate has no UTF-8
+        raise ProtocolError(400, "body is not valid JSON: lone UTF-16 surrogate") from None
 
 
 def split_messages(body: bytes, *, allow_empty: bool) -> list[bytes]:

@@ -18,7 +18,7 @@ NOW = "now"  # sentinel: current tail (8)
 ZERO = "0000000000000000_0000000000000000"
 MAX_POSITION = 10**16 - 1
 
-_TOKEN = re.compile(r"(\d{16})_(\d{16})")
+_TOKEN = re.compile(r"([0-9]{16})_([0-9]{16})")  # ASCII digits only: \d is Unicode
 
 
 def format_offset(position: int) -> str:

@@ -176,6 +176,11 @@ class DuralogApp:
             pass
         except ProtocolError as err:
             await self._error(send, err)
+        except Exception:
+            # A bug must still answer like the server: one line, security headers (12.7).
+            log.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
+            with contextlib.suppress(Exception):
+                await self._error(send, ProtocolError(500, "internal server error"))
 
     def _relative_path(self, scope: Scope) -> bytes:
         raw: bytes = scope.get("raw_path") or scope["path"].encode("utf-8")
@@ -249,7 +254,7 @@ class DuralogApp:
         limit = self.config.max_body_size
         declared = req.header("content-length")
         if declared is not None:
-            if not declared.isdigit():
+            if not (declared.isascii() and declared.isdigit()):
                 raise ProtocolError(400, "Content-Length is not a number")
             if int(declared) > limit:
                 raise ProtocolError(413, f"body is larger than the limit of {limit} bytes")
@@ -487,22 +492,25 @@ class DuralogApp:
         if cursor is not None:
             headers.append((b"stream-cursor", cursor.encode()))
         headers.append((b"cache-control", self._cache_control(state, bool(chunk.parts))))
-        inm = req.header("if-none-match")
-        if inm is not None and _etag_matches(inm, etag):
-            # 10.1: a repeat read of unchanged data costs no body.
-            await self._respond(send, 304, [(b"etag", etag), *headers[1:]])
-            return
         if H.is_json(state.content_type):
             body = jsonmode.wrap(chunk.parts)
         else:
             body = chunk.parts[0] if len(chunk.parts) == 1 else b"".join(chunk.parts)
-        if (self.config.compression and len(body) >= _COMPRESS_MIN
-                and _accepts_gzip(req.header("accept-encoding"))):
+        compress = (self.config.compression and len(body) >= _COMPRESS_MIN
+                    and _accepts_gzip(req.header("accept-encoding")))
+        sent_etag = etag[:-1] + b'-gz"' if compress else etag
+        if compress:
+            headers.append((b"vary", b"accept-encoding"))
+        inm = req.header("if-none-match")
+        if inm is not None and _etag_matches(inm, etag):
+            # 10.1: a repeat read of unchanged data costs no body. RFC 9110 15.4.5: the
+            # 304 carries the ETag and Vary the 200 would have carried.
+            await self._respond(send, 304, [(b"etag", sent_etag), *headers[1:]])
+            return
+        if compress:
             body = gzip.compress(body, compresslevel=5)
             headers.append((b"content-encoding", b"gzip"))
-            headers.append((b"vary", b"accept-encoding"))
-            etag = etag[:-1] + b'-gz"'
-        headers.append((b"etag", etag))
+        headers.append((b"etag", sent_etag))
         await self._respond(send, 200, headers, body)
 
     def _cache_control(self, state: StreamState, has_data: bool) -> bytes:
@@ -668,19 +676,27 @@ def name_is_registry(name: str) -> bool:
 
 
 def _accepts_gzip(value: str | None) -> bool:
+    """RFC 9110 12.5.3: an explicit gzip entry wins over ``*``; q=0 means not acceptable."""
     if not value:
         return False
+    star: bool | None = None
     for item in value.lower().split(","):
         token, _, params = item.strip().partition(";")
-        if token.strip() in ("gzip", "*"):
-            q = params.strip()
-            if q.startswith("q="):
+        token = token.strip()
+        if token not in ("gzip", "*"):
+            continue
+        q = 1.0
+        for param in params.split(";"):
+            name, _, number = param.strip().partition("=")
+            if name.strip() == "q":
                 try:
-                    return float(q[2:]) > 0
+                    q = float(number)
                 except ValueError:
-                    return False
-            return True
-    return False
+                    q = 0.0
+        if token == "gzip":
+            return q > 0
+        star = q > 0
+    return bool(star)
 
 
 def _etag_matches(header: str, etag: bytes) -> bool:
