@@ -8,16 +8,24 @@ encoded slashes, backslashes, NUL and other control characters.
 
 from __future__ import annotations
 
+import re
+from functools import lru_cache
 from urllib.parse import unquote_to_bytes
 
 from .errors import ProtocolError
 
 MAX_NAME_BYTES = 1024
 _FORBIDDEN_ESCAPES = (b"%2f", b"%5c", b"%00")
+_FORBIDDEN_CHARS = re.compile(r"[\x00-\x1f\x7f\\]")
 
 
+@lru_cache(maxsize=4096)
 def stream_name(raw: bytes) -> str:
-    """The stream name for a raw (still percent-encoded) path tail."""
+    """The stream name for a raw (still percent-encoded) path tail.
+
+    Cached: every request names a stream, and busy streams are named again and
+    again. Refusals raise, and exceptions are not cached.
+    """
     if not raw:
         raise ProtocolError(404, "no stream name in the path")
     lowered = raw.lower()
@@ -31,7 +39,7 @@ def stream_name(raw: bytes) -> str:
         name = decoded.decode("utf-8")
     except UnicodeDecodeError:
         raise ProtocolError(400, "stream name is not valid UTF-8") from None
-    if any(ord(c) < 0x20 or ord(c) == 0x7F or c == "\\" for c in name):
+    if _FORBIDDEN_CHARS.search(name):
         raise ProtocolError(400, "stream name contains a control character or backslash")
     for segment in name.split("/"):
         if segment in ("", ".", ".."):
