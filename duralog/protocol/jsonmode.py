@@ -1,10 +1,16 @@
 """JSON mode (PROTOCOL.md 9.1).
 
-An append to an ``application/json`` stream is validated, one level of array is
-flattened (9.1.2), and each message is stored in compact form. One append is
-stored as one *fragment*: its messages joined by commas. A read answers
-``[`` + fragments joined by commas + ``]`` (9.1.5) without parsing anything
-again, which keeps catch-up reads of JSON streams as cheap as byte streams.
+An append to an ``application/json`` stream is validated and one level of array
+is flattened (9.1.2). One append is stored as one *fragment*: its messages
+joined by commas. A read answers ``[`` + fragments joined by commas + ``]``
+(9.1.5) without parsing anything again, which keeps catch-up reads of JSON
+streams as cheap as byte streams.
+
+The server stores a fragment as the client wrote it (``append_fragment``): the
+inside of a batch array, or the single value, trimmed of surrounding white
+space. Validation is the only parse; numbers keep every digit and keys their
+order. ``split_messages`` yields the messages one by one, in compact form, for
+the rare callers that need them apart (a fork inside an append, 4.2).
 """
 
 from __future__ import annotations
@@ -39,6 +45,38 @@ def _loads(body: bytes) -> tuple[Any, bool]:
         return json.loads(text, parse_constant=_reject_constant), False
     except (UnicodeDecodeError, ValueError, RecursionError):
         raise ProtocolError(400, "body is not valid JSON") from None
+
+
+_WHITESPACE = b" \t\r\n"  # RFC 8259 2: the only insignificant white space
+
+
+def _validate(body: bytes) -> Any:
+    """The parsed body, or ProtocolError(400): orjson first, the exact parser if it refuses."""
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        pass
+    try:
+        return json.loads(body.decode("utf-8"), parse_constant=_reject_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise ProtocolError(400, "body is not valid JSON") from None
+
+
+def append_fragment(body: bytes, *, allow_empty: bool) -> bytes | None:
+    """The fragment one append stores, or None for an empty batch on a PUT (9.1.3).
+
+    9.1.2: a top-level array is a batch of messages, so its inside is the
+    fragment; any other value is one message.
+    """
+    value = _validate(body)
+    text = body.strip(_WHITESPACE)
+    if isinstance(value, list):
+        if not value:
+            if allow_empty:
+                return None
+            raise ProtocolError(400, "empty JSON array: an append needs at least one message")
+        return text[1:-1].strip(_WHITESPACE)
+    return text
 
 
 def _dumps(value: Any, fast: bool) -> bytes:

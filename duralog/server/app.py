@@ -320,8 +320,7 @@ class DuralogApp:
         payload: bytes | None = None
         if body:
             if H.is_json(effective_type):
-                messages = jsonmode.split_messages(body, allow_empty=True)
-                payload = jsonmode.fragment(messages) if messages else None
+                payload = jsonmode.append_fragment(body, allow_empty=True)
             else:
                 payload = body
 
@@ -386,7 +385,8 @@ class DuralogApp:
                 raise ProtocolError(409, "content type does not match the stream's "
                                          f"({state.content_type})")
             if H.is_json(state.content_type):
-                payload = jsonmode.fragment(jsonmode.split_messages(body, allow_empty=False))
+                payload = jsonmode.append_fragment(body, allow_empty=False)
+                assert payload is not None
         decision, state = await self.store.append(req.name, AppendRequest(
             payload=payload, content_type=content_type, stream_seq=stream_seq,
             producer=producer, close=close))
