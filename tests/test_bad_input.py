@@ -23,14 +23,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from .servers import ROOT, ServerProcess, duralog_server
+from .servers import ServerProcess, duralog_server
 
 pytestmark = pytest.mark.timeout(120)
 
 TIMEOUT = httpx.Timeout(10.0)
 PREFIX = "/v1/stream/"
 # The sqlite backend joins the parametrization as soon as it exists.
-BACKENDS = ["memory"] + (["sqlite"] if (ROOT / "duralog/store/sqlite.py").exists() else [])
+BACKENDS = ["memory", "sqlite"]
 
 
 @pytest.fixture(params=BACKENDS)

@@ -27,7 +27,8 @@ def run_conformance(url: str, report: Path) -> dict:
     proc = subprocess.run(cmd, cwd=ROOT, env={**_env(), "CONFORMANCE_TEST_URL": url},
                           capture_output=True, text=True, timeout=900)
     if not report.exists():
-        raise AssertionError(f"vitest wrote no report:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+        raise AssertionError(
+            f"vitest wrote no report:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
     return json.loads(report.read_text())
 
 

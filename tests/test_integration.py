@@ -34,7 +34,7 @@ pytestmark = pytest.mark.timeout(120)
 
 PREFIX = "/v1/stream/"
 TIMEOUT = httpx.Timeout(10.0)
-BACKENDS = ["memory"] + (["sqlite"] if (ROOT / "duralog/store/sqlite.py").exists() else [])
+BACKENDS = ["memory", "sqlite"]
 
 
 def unique(prefix: str = "it") -> str:
@@ -204,6 +204,25 @@ def test_chunked_catch_up_of_bytes(small: httpx.Client) -> None:
     # offsets strictly increase, and lexicographic order agrees (8)
     offsets = [r.headers["stream-next-offset"] for r in responses]
     assert offsets == sorted(offsets) and len(set(offsets)) == len(offsets)
+
+
+def test_fork_at_an_offset_inside_an_append(small: httpx.Client) -> None:
+    # A chunked read hands out offsets inside one append (5.6); a fork made there must
+    # inherit exactly the bytes before it (4.2), part of that append included.
+    source, fork = unique(), unique()
+    data = os.urandom(2 * CHUNK + 123)
+    small.put(PREFIX + source, headers={"content-type": "application/octet-stream"},
+              content=data)
+    first = small.get(PREFIX + source, params={"offset": "-1"})
+    middle = first.headers["stream-next-offset"]
+    assert first.content == data[:CHUNK]
+    r = small.put(PREFIX + fork, headers={"stream-forked-from": PREFIX + source,
+                                          "stream-fork-offset": middle})
+    assert r.status_code == 201
+    small.post(PREFIX + fork, headers={"content-type": "application/octet-stream"},
+               content=b"own")
+    responses, _ = read_all(small, PREFIX + fork)
+    assert b"".join(r.content for r in responses) == data[:CHUNK] + b"own"
 
 
 def test_chunked_catch_up_of_a_closed_stream(small: httpx.Client) -> None:

@@ -33,14 +33,13 @@ from starlette.routing import Mount, Route
 from duralog.protocol.sse import parse_events
 from duralog.server import Config, DuralogApp
 
-from .servers import ROOT, free_port
+from .servers import free_port
 
 pytestmark = pytest.mark.timeout(120)
 
 MOUNT = "/streams"
 STREAMS = MOUNT + "/v1/stream/"
 LONG_POLL = 2.0
-HAVE_SQLITE = (ROOT / "duralog/store/sqlite.py").exists()
 
 
 class ThreadedServer:
@@ -99,8 +98,7 @@ def fastapi_host(data_dir: Path) -> tuple[FastAPI, DuralogApp]:
 
 
 def starlette_host(data_dir: Path) -> tuple[Starlette, DuralogApp]:
-    backend = "sqlite" if HAVE_SQLITE else "memory"
-    streams = DuralogApp(Config(backend=backend, data_dir=str(data_dir),
+    streams = DuralogApp(Config(backend="sqlite", data_dir=str(data_dir),
                                 long_poll_timeout=LONG_POLL))
 
     async def hello(request: Request) -> JSONResponse:
@@ -286,6 +284,5 @@ def test_lazy_start_without_lifespan(tmp_path: Path) -> None:
             assert c.get(f"{STREAMS}{name}-{i}", params={"offset": "-1"}).content == \
                 str(i).encode()
         assert streams._started
-    if HAVE_SQLITE:
-        # the data went to the durable store the mount started by itself
-        assert any((tmp_path / "data").iterdir())
+    # the data went to the durable store the mount started by itself
+    assert any((tmp_path / "data").iterdir())

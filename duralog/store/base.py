@@ -221,10 +221,23 @@ class Store(ABC):
                     return ReadChunk(parts, next_pos)
             if stopped:
                 return ReadChunk(parts, next_pos)
+            if next_pos < seg_end and not whole:
+                # A fork inherits up to an offset inside one of the source's appends
+                # (a chunked read can hand out such offsets): the covering record
+                # ends past this stretch, so take its head up to the boundary.
+                covering, _ = await self._read_records(
+                    seg.stream_id, seg_end, UNBOUNDED, seg_end, 1, False)
+                if covering and covering[0][0] <= next_pos:
+                    start, data = covering[0]
+                    piece = data[next_pos - start:seg_end - start][:budget]
+                    parts.append(piece)
+                    budget -= len(piece)
+                    next_pos += len(piece)
+                    if budget <= 0:
+                        return ReadChunk(parts, next_pos)
             if next_pos < seg_end:
-                # No record ends inside the rest of this stretch: a fork made at an
-                # offset the server never issued (8 leaves it undefined). Step over the
-                # gap so readers always make progress.
+                # Still short: a fork made at an offset the server never issued
+                # (8 leaves it undefined). Step over the gap so readers always move.
                 next_pos = seg_end
         return ReadChunk(parts, max(next_pos, pos))
 
