@@ -53,6 +53,7 @@ _METHODS = b"GET, POST, PUT, DELETE, HEAD, OPTIONS"
 _COMPRESS_MIN = 1024
 # 10.1: catch-up data is cacheable; shared streams may be cached publicly.
 _CACHEABLE = b"public, max-age=60, stale-while-revalidate=300"
+_SSE_SHARED_BYTES = 16 << 20  # most bytes of encoded SSE events kept for sharing
 
 
 class _Request:
@@ -100,6 +101,9 @@ class DuralogApp:
         self._sweeper: asyncio.Task[None] | None = None
         self._closing = asyncio.Event()
         self._background: set[asyncio.Task[None]] = set()
+        # Encoded SSE data events shared by readers at the same position (see _sse_data).
+        self._sse_events: dict[tuple[int, int, int], tuple[bytes, int]] = {}
+        self._sse_event_bytes = 0
         self._base_headers: Headers = [
             (b"access-control-allow-origin", self.config.cors_origin.encode()),
             (b"access-control-expose-headers", _EXPOSE),
@@ -550,9 +554,7 @@ class DuralogApp:
                 left = deadline - time.monotonic()
                 if left <= 0 or self._closing.is_set():
                     break
-                fut = self.store.notifier.future(state.id)
-                await asyncio.wait((fut, watcher.task), timeout=left,
-                                   return_when=asyncio.FIRST_COMPLETED)
+                await watcher.wait(self.store.notifier.future(state.id), left)
                 if watcher.gone:
                     return
                 current = self._current(req.name, state.id)
@@ -590,6 +592,7 @@ class DuralogApp:
         if binary:
             # 5.8: binary streams travel as base64, and say so.
             headers.append((b"stream-sse-data-encoding", b"base64"))
+        encoding = "json" if is_json else "base64" if binary else "text"
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         deadline = time.monotonic() + self.config.sse_max_duration
@@ -603,18 +606,11 @@ class DuralogApp:
                     break  # deleted: end the stream; a reconnect gets 404
                 state = current
                 if pos < state.tail:
-                    chunk = await self.store.read(state, pos, self.config.chunk_size)
-                    if is_json:
-                        payload = jsonmode.wrap(chunk.parts).decode("utf-8")
-                    elif binary:
-                        payload = base64.b64encode(b"".join(chunk.parts)).decode("ascii")
-                    else:
-                        payload = decoder.decode(b"".join(chunk.parts))
-                    pos = chunk.next_pos
+                    data_event, pos = await self._sse_data(state, pos, encoding, decoder)
                     up_to_date = pos >= state.tail
                     closed = state.closed and up_to_date
                     await send({"type": "http.response.body", "more_body": True,
-                                 "body": sse.data_event(payload) + sse.control_event(
+                                 "body": data_event + sse.control_event(
                                      format_offset(pos), cursor=cursors.next_cursor(client_cursor),
                                      up_to_date=up_to_date, closed=closed)})
                     first = False
@@ -632,16 +628,46 @@ class DuralogApp:
                 left = deadline - time.monotonic()
                 if left <= 0 or self._closing.is_set():
                     break
-                fut = self.store.notifier.future(state.id)
-                done, _ = await asyncio.wait((fut, watcher.task), timeout=min(left, keepalive),
-                                             return_when=asyncio.FIRST_COMPLETED)
-                if not done and time.monotonic() < deadline:
+                woke = await watcher.wait(self.store.notifier.future(state.id),
+                                          min(left, keepalive))
+                if not woke and time.monotonic() < deadline:
                     # Keep-alive: still up to date, with a fresh cursor.
                     first = True
         finally:
             watcher.cancel()
         if not watcher.gone:
             await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _sse_data(self, state: StreamState, pos: int, encoding: str,
+                        decoder: codecs.IncrementalDecoder) -> tuple[bytes, int]:
+        """The next data event from ``pos`` and the position after it.
+
+        Every reader of a stream's tail asks for the same event after an append,
+        so the encoded event is kept and shared (fan-out costs one read and one
+        encoding, not one per reader). A text reader whose decoder holds part of
+        a character has bytes of its own and is served apart.
+        """
+        shareable = encoding != "text" or decoder.getstate() == (b"", 0)
+        key = (state.id, pos, state.tail)
+        if shareable:
+            hit = self._sse_events.get(key)
+            if hit is not None:
+                return hit
+        chunk = await self.store.read(state, pos, self.config.chunk_size)
+        if encoding == "json":
+            payload = jsonmode.wrap(chunk.parts).decode("utf-8")
+        elif encoding == "base64":
+            payload = base64.b64encode(b"".join(chunk.parts)).decode("ascii")
+        else:
+            payload = decoder.decode(b"".join(chunk.parts))
+        result = (sse.data_event(payload), chunk.next_pos)
+        if shareable and (encoding != "text" or decoder.getstate() == (b"", 0)):
+            self._sse_event_bytes += len(result[0])
+            if self._sse_event_bytes > _SSE_SHARED_BYTES:
+                self._sse_events.clear()
+                self._sse_event_bytes = len(result[0])
+            self._sse_events[key] = result
+        return result
 
     # -- registry ----------------------------------------------------------------
     def _on_removed(self, state: StreamState) -> None:
@@ -715,21 +741,40 @@ def _etag_matches(header: str, etag: bytes) -> bool:
 
 
 class _DisconnectWatcher:
-    """Notices a client that went away while the server waits for data."""
+    """Waits for stream changes while noticing a client that went away.
+
+    One task per live request reads ASGI messages until ``http.disconnect``;
+    it then resolves whatever the request is waiting on, so a departed reader
+    wakes at once instead of holding its slot until the next timeout.
+    """
+
+    __slots__ = ("gone", "task", "waiting")
 
     def __init__(self, receive: Receive) -> None:
-        self.task: asyncio.Task[Message] = asyncio.ensure_future(self._watch(receive))
+        self.gone = False
+        self.waiting: asyncio.Future[None] | None = None
+        self.task: asyncio.Task[None] = asyncio.ensure_future(self._watch(receive))
 
-    @staticmethod
-    async def _watch(receive: Receive) -> Message:
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return message
+    async def _watch(self, receive: Receive) -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        self.gone = True
+        if self.waiting is not None and not self.waiting.done():
+            self.waiting.set_result(None)
 
-    @property
-    def gone(self) -> bool:
-        return self.task.done()
+    async def wait(self, fut: asyncio.Future[None], timeout: float) -> bool:
+        """Wait for ``fut`` (a stream change) or the client leaving; False on timeout."""
+        if self.gone:
+            return True
+        self.waiting = fut
+        try:
+            async with asyncio.timeout(timeout):
+                await fut
+        except TimeoutError:
+            return False
+        finally:
+            self.waiting = None
+        return True
 
     def cancel(self) -> None:
         if not self.task.done():

@@ -43,30 +43,43 @@ class Segment:
 
 
 class Notifier:
-    """Wake-ups for live readers: one shared future per stream, not a copy per reader.
+    """Wake-ups for live readers of a stream.
 
-    ``changed(id)`` resolves the stream's current future and drops it; the next
-    waiter creates a fresh one. Ten thousand readers of one stream cost one
-    future and ten thousand callbacks, and no bytes are copied per reader.
+    A reader waits on a future of its own (``future(id)``); ``changed(id)``
+    resolves every future registered for the stream and forgets them. A reader
+    that gives up (a timeout, a client gone) just drops its future: cancelling
+    it touches no other reader. No bytes are copied per reader; readers of the
+    same tail then read the same stored records.
     """
 
+    __slots__ = ("_waiters",)
+
+    #: Forget waiters that gave up once a quiet stream has collected this many.
+    PRUNE_AT = 1024
+
     def __init__(self) -> None:
-        self._futures: dict[int, asyncio.Future[None]] = {}
+        self._waiters: dict[int, list[asyncio.Future[None]]] = {}
 
     def future(self, stream_id: int) -> asyncio.Future[None]:
-        fut = self._futures.get(stream_id)
-        if fut is None or fut.done():
-            fut = asyncio.get_running_loop().create_future()
-            self._futures[stream_id] = fut
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        waiters = self._waiters.get(stream_id)
+        if waiters is None:
+            self._waiters[stream_id] = [fut]
+        else:
+            if len(waiters) >= self.PRUNE_AT:
+                waiters[:] = [w for w in waiters if not w.done()]
+            waiters.append(fut)
         return fut
 
     def changed(self, stream_id: int) -> None:
-        fut = self._futures.pop(stream_id, None)
-        if fut is not None and not fut.done():
-            fut.set_result(None)
+        waiters = self._waiters.pop(stream_id, None)
+        if waiters:
+            for fut in waiters:
+                if not fut.done():
+                    fut.set_result(None)
 
     def wake_all(self) -> None:
-        for stream_id in list(self._futures):
+        for stream_id in list(self._waiters):
             self.changed(stream_id)
 
 
@@ -244,8 +257,12 @@ class Store(ABC):
     async def wait(self, stream_id: int, timeout: float) -> bool:
         """Wait until the stream changes (append, close, delete); False on timeout."""
         fut = self.notifier.future(stream_id)
-        done, _ = await asyncio.wait((fut,), timeout=timeout)
-        return bool(done)
+        try:
+            async with asyncio.timeout(timeout):
+                await fut
+        except TimeoutError:
+            return False
+        return True
 
     # -- helpers for backends ----------------------------------------------
     async def fork_prefix(self, source: StreamState, fork_pos: int, sub: int) -> bytes:
