@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import datetime
+from functools import lru_cache
 
 from .errors import ProtocolError
 
@@ -108,11 +109,16 @@ def parse_stream_seq(value: str | None) -> str | None:
     return value
 
 
+@lru_cache(maxsize=256)
+def _media_type(content_type: str) -> str:
+    return content_type.split(";", 1)[0].strip().lower()
+
+
 def media_type(content_type: str | None) -> str:
     """The bare media type, lower-cased, without parameters (for comparisons)."""
     if not content_type:
         return ""
-    return content_type.split(";", 1)[0].strip().lower()
+    return _media_type(content_type)
 
 
 _MEDIA_TYPE = re.compile(r"[A-Za-z0-9!#$&^_.+-]+/[A-Za-z0-9!#$&^_.+-]+")

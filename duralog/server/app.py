@@ -59,7 +59,7 @@ _SSE_SHARED_BYTES = 16 << 20  # most bytes of encoded SSE events kept for sharin
 class _Request:
     """What the handlers need of one HTTP request."""
 
-    __slots__ = ("headers", "method", "name", "query", "receive", "scope")
+    __slots__ = ("_query", "headers", "method", "name", "receive", "scope")
 
     def __init__(self, scope: Scope, receive: Receive, name: str) -> None:
         self.scope = scope
@@ -73,11 +73,17 @@ class _Request:
             # Repeated headers are joined as RFC 9110 5.3 allows; the parsers then
             # refuse what no single value could be.
             self.headers[k] = f"{self.headers[k]}, {v}" if k in self.headers else v
-        self.query = parse_qsl(scope.get("query_string", b"").decode("latin-1"),
-                               keep_blank_values=True)
+        self._query: list[tuple[str, str]] | None = None
 
     def header(self, name: str) -> str | None:
         return self.headers.get(name)
+
+    @property
+    def query(self) -> list[tuple[str, str]]:
+        if self._query is None:
+            self._query = parse_qsl(self.scope.get("query_string", b"").decode("latin-1"),
+                                    keep_blank_values=True)
+        return self._query
 
     def query_one(self, name: str) -> str | None:
         values = [v for k, v in self.query if k == name]
