@@ -502,11 +502,10 @@ class DuralogApp:
         if cursor is not None:
             headers.append((b"stream-cursor", cursor.encode()))
         headers.append((b"cache-control", self._cache_control(state, bool(chunk.parts))))
-        if H.is_json(state.content_type):
-            body = jsonmode.wrap(chunk.parts)
-        else:
-            body = chunk.parts[0] if len(chunk.parts) == 1 else b"".join(chunk.parts)
-        compress = (self.config.compression and len(body) >= _COMPRESS_MIN
+        is_json = H.is_json(state.content_type)
+        # The body's size, without building it: a 304 needs no body at all.
+        size = sum(map(len, chunk.parts)) + (len(chunk.parts) + 1 if is_json else 0)
+        compress = (self.config.compression and size >= _COMPRESS_MIN
                     and _accepts_gzip(req.header("accept-encoding")))
         sent_etag = etag[:-1] + b'-gz"' if compress else etag
         if compress:
@@ -517,6 +516,10 @@ class DuralogApp:
             # 304 carries the ETag and Vary the 200 would have carried.
             await self._respond(send, 304, [(b"etag", sent_etag), *headers[1:]])
             return
+        if is_json:
+            body = jsonmode.wrap(chunk.parts)
+        else:
+            body = chunk.parts[0] if len(chunk.parts) == 1 else b"".join(chunk.parts)
         if compress:
             body = gzip.compress(body, compresslevel=5)
             headers.append((b"content-encoding", b"gzip"))
