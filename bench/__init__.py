@@ -1,0 +1,1 @@
+"""duralog's benchmark suite: ``python -m bench`` (see docs/benchmarks.md)."""
