@@ -85,3 +85,37 @@ def reference_server(data_dir: str | Path | None = None, port: int | None = None
     if data_dir is not None:
         args.append(str(data_dir))
     return ServerProcess(args, port, env={"REF_LONG_POLL_TIMEOUT_MS": str(long_poll_ms)})
+
+
+class ThreadedServer:
+    """uvicorn serving an in-process ASGI app in a thread, on a free port (for settings
+    and mounts that only exist in code)."""
+
+    def __init__(self, app: object) -> None:
+        import threading
+
+        import uvicorn
+
+        self.port = free_port()
+        self.server = uvicorn.Server(uvicorn.Config(
+            app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on",
+            timeout_graceful_shutdown=2))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> ThreadedServer:
+        self.thread.start()
+        deadline = time.monotonic() + 20
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(15)
+        assert not self.thread.is_alive(), "uvicorn did not stop"

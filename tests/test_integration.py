@@ -22,13 +22,12 @@ from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 
 from duralog.protocol.sse import parse_events
 from duralog.server.app import DuralogApp
 from duralog.server.config import DEFAULT_PORT, Config
 
-from .servers import ROOT, ServerProcess, duralog_server, free_port
+from .servers import ROOT, ServerProcess, ThreadedServer, duralog_server, free_port
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -676,34 +675,6 @@ def test_head_does_not_slide_ttl_but_get_does(client: httpx.Client) -> None:
 
 # ---------------------------------------------------------------------------
 # In-process uvicorn (for settings without a flag)
-
-
-class ThreadedServer:
-    """uvicorn serving an ASGI app in a thread, on a free port."""
-
-    def __init__(self, app: object) -> None:
-        self.port = free_port()
-        self.server = uvicorn.Server(uvicorn.Config(
-            app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on",
-            timeout_graceful_shutdown=2))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def __enter__(self) -> ThreadedServer:
-        self.thread.start()
-        deadline = time.monotonic() + 20
-        while not self.server.started:
-            if not self.thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("uvicorn did not start")
-            time.sleep(0.02)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(15)
 
 
 def test_sse_closes_after_max_duration() -> None:

@@ -23,7 +23,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 from fastapi import FastAPI
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -33,42 +32,13 @@ from starlette.routing import Mount, Route
 from duralog.protocol.sse import parse_events
 from duralog.server import Config, DuralogApp
 
-from .servers import free_port
+from .servers import ThreadedServer
 
 pytestmark = pytest.mark.timeout(120)
 
 MOUNT = "/streams"
 STREAMS = MOUNT + "/v1/stream/"
 LONG_POLL = 2.0
-
-
-class ThreadedServer:
-    """uvicorn serving an ASGI app in a thread, on a free port."""
-
-    def __init__(self, app: object) -> None:
-        self.port = free_port()
-        self.server = uvicorn.Server(uvicorn.Config(
-            app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on",
-            timeout_graceful_shutdown=2))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def __enter__(self) -> ThreadedServer:
-        self.thread.start()
-        deadline = time.monotonic() + 20
-        while not self.server.started:
-            if not self.thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("uvicorn did not start")
-            time.sleep(0.02)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(15)
-        assert not self.thread.is_alive(), "uvicorn did not stop"
 
 
 # ---------------------------------------------------------------------------

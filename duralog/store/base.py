@@ -42,6 +42,18 @@ class Segment:
     hi: int
 
 
+#: A quiet stream forgets waiters that gave up once it has collected this many;
+#: after a pass the bar doubles past the live ones, so passes cost O(1) per
+#: registration however many readers wait.
+PRUNE_AT = 1024
+
+
+class _Waiters(list["asyncio.Future[None]"]):
+    """The futures waiting on one stream, and when to next forget those that gave up."""
+
+    limit = PRUNE_AT
+
+
 class Notifier:
     """Wake-ups for live readers of a stream.
 
@@ -54,21 +66,18 @@ class Notifier:
 
     __slots__ = ("_waiters",)
 
-    #: Forget waiters that gave up once a quiet stream has collected this many.
-    PRUNE_AT = 1024
-
     def __init__(self) -> None:
-        self._waiters: dict[int, list[asyncio.Future[None]]] = {}
+        self._waiters: dict[int, _Waiters] = {}
 
     def future(self, stream_id: int) -> asyncio.Future[None]:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         waiters = self._waiters.get(stream_id)
         if waiters is None:
-            self._waiters[stream_id] = [fut]
-        else:
-            if len(waiters) >= self.PRUNE_AT:
-                waiters[:] = [w for w in waiters if not w.done()]
-            waiters.append(fut)
+            waiters = self._waiters[stream_id] = _Waiters()
+        elif len(waiters) >= waiters.limit:
+            waiters[:] = [w for w in waiters if not w.done()]
+            waiters.limit = max(PRUNE_AT, 2 * len(waiters))
+        waiters.append(fut)
         return fut
 
     def changed(self, stream_id: int) -> None:
@@ -265,6 +274,23 @@ class Store(ABC):
         return True
 
     # -- helpers for backends ----------------------------------------------
+    async def create_prefix(self, path: str, req: CreateRequest) -> bytes:
+        """4.2: what a sub-offset fork about to be created at ``path`` inherits, or b"".
+
+        The inherited part of the source's next append is committed data, immutable
+        by position, so a backend may read it before it decides on the create;
+        the decision (plan_create) still checks the source and the offset.
+        """
+        if req.forked_from is None or not req.fork_sub:
+            return b""
+        source = self.get(req.forked_from)
+        if source is None or source.soft_deleted:
+            return b""
+        pos = source.tail if req.fork_pos is None else req.fork_pos
+        if pos > source.tail or self.get(path) is not None:
+            return b""
+        return await self.fork_prefix(source, pos, req.fork_sub)
+
     async def fork_prefix(self, source: StreamState, fork_pos: int, sub: int) -> bytes:
         """4.2: the part of the source's next append that a sub-offset fork inherits."""
         chunk = await self.read(source, fork_pos, 1, whole=True)

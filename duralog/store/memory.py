@@ -75,13 +75,7 @@ class MemoryStore(Store):
 
     async def create(self, path: str, req: CreateRequest, payload: bytes | None
                      ) -> tuple[StreamState, bool]:
-        prefix = b""
-        if req.forked_from is not None and req.fork_sub:
-            source = self.get(req.forked_from)
-            if source is not None and not source.soft_deleted:
-                pos = source.tail if req.fork_pos is None else req.fork_pos
-                if pos <= source.tail and self.get(path) is None:
-                    prefix = await self.fork_prefix(source, pos, req.fork_sub)
+        prefix = await self.create_prefix(path, req)
         self.get(path)  # drop an expired stream at this path first
         if req.forked_from is not None:
             self.get(req.forked_from)

@@ -518,15 +518,7 @@ class SQLiteStore(Store):
 
     async def create(self, path: str, req: CreateRequest, payload: bytes | None
                      ) -> tuple[StreamState, bool]:
-        prefix = b""
-        if req.forked_from is not None and req.fork_sub:
-            # 4.2: the inherited part of the next append is committed data, immutable
-            # by position, so it can be read here before the writer decides.
-            source = self.get(req.forked_from)
-            if source is not None and not source.soft_deleted:
-                pos = source.tail if req.fork_pos is None else req.fork_pos
-                if pos <= source.tail and self.get(path) is None:
-                    prefix = await self.fork_prefix(source, pos, req.fork_sub)
+        prefix = await self.create_prefix(path, req)
         return await self._submit(_CREATE, path, (req, payload, prefix))
 
     async def append(self, path: str, req: AppendRequest) -> tuple[AppendDecision, StreamState]:
