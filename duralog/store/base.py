@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import time
 from abc import ABC, abstractmethod
+from bisect import bisect_right
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -40,6 +41,24 @@ class Segment:
     stream_id: int
     lo: int
     hi: int
+
+
+def scan_records(ends: list[int], datas: list[bytes], after: int, hi: int, budget: int
+                 ) -> tuple[list[tuple[int, bytes]], bool]:
+    """Records kept in memory as parallel lists (end positions, payloads): those with
+    end in (after, hi], as (start, data), until ``budget`` bytes; and whether the
+    budget stopped the scan."""
+    i = bisect_right(ends, after)
+    out: list[tuple[int, bytes]] = []
+    n = len(ends)
+    while i < n and ends[i] <= hi:
+        data = datas[i]
+        out.append((ends[i] - len(data), data))
+        budget -= len(data)
+        i += 1
+        if budget <= 0:
+            return out, True
+    return out, False
 
 
 #: A quiet stream forgets waiters that gave up once it has collected this many;

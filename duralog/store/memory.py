@@ -10,7 +10,6 @@ from __future__ import annotations
 import itertools
 import secrets
 import time
-from bisect import bisect_right
 
 from ..protocol.errors import ProtocolError
 from ..protocol.state import (
@@ -21,7 +20,7 @@ from ..protocol.state import (
     apply_append,
     decide_append,
 )
-from .base import Store
+from .base import Store, scan_records
 from .plans import Plan, plan_create, plan_delete
 
 
@@ -113,15 +112,4 @@ class MemoryStore(Store):
         records = self._records.get(stream_id)
         if records is None:
             return [], False
-        ends, datas = records.ends, records.datas
-        i = bisect_right(ends, max(pos, lo))
-        out: list[tuple[int, bytes]] = []
-        n = len(ends)
-        while i < n and ends[i] <= hi:
-            data = datas[i]
-            out.append((ends[i] - len(data), data))
-            budget -= len(data)
-            i += 1
-            if budget <= 0:
-                return out, True
-        return out, False
+        return scan_records(records.ends, records.datas, max(pos, lo), hi, budget)

@@ -38,7 +38,6 @@ import secrets
 import sqlite3
 import threading
 import time
-from bisect import bisect_right
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -56,7 +55,7 @@ from ..protocol.state import (
     apply_append,
     decide_append,
 )
-from .base import Store
+from .base import Store, scan_records
 from .plans import Plan, plan_create, plan_delete
 
 log = logging.getLogger("duralog.sqlite")
@@ -619,18 +618,7 @@ class SQLiteStore(Store):
         tail = self._tails.get(stream_id)
         if tail is not None and after >= tail.start:
             # Live readers near the tail: served from memory, no disk, no thread.
-            ends, datas = tail.ends, tail.datas
-            i = bisect_right(ends, after)
-            out: list[tuple[int, bytes]] = []
-            n = len(ends)
-            while i < n and ends[i] <= hi:
-                data = datas[i]
-                out.append((ends[i] - len(data), data))
-                budget -= len(data)
-                i += 1
-                if budget <= 0:
-                    return out, True
-            return out, False
+            return scan_records(tail.ends, tail.datas, after, hi, budget)
         if not self._open or self._pool is None:
             raise ProtocolError(503, "the store is not open (server starting or stopping)")
         loop = asyncio.get_running_loop()
