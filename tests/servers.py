@@ -68,6 +68,19 @@ class ServerProcess:
             self.proc.wait()
 
 
+def read_all(url: str) -> bytes:
+    """A whole stream, following Stream-Next-Offset (catch-up reads are chunked)."""
+    parts, offset = [], "-1"
+    with httpx.Client(timeout=30) as client:
+        while True:
+            r = client.get(url, params={"offset": offset})
+            assert r.status_code == 200, r.text
+            parts.append(r.content)
+            offset = r.headers["stream-next-offset"]
+            if r.headers.get("stream-up-to-date") == "true":
+                return b"".join(parts)
+
+
 def duralog_server(backend: str = "memory", data_dir: str | Path | None = None,
                    port: int | None = None, extra: list[str] | None = None,
                    log_path: Path | None = None) -> ServerProcess:

@@ -30,7 +30,7 @@ import httpx
 import pytest
 
 from .crash_writer import record
-from .servers import ROOT, ServerProcess, duralog_server, free_port
+from .servers import ROOT, ServerProcess, duralog_server, free_port, read_all
 
 # 20 by default; DURALOG_CRASH_KILLS=200 for a longer run (about 2 s per kill).
 KILLS = max(20, int(os.environ.get("DURALOG_CRASH_KILLS", "20")))
@@ -55,19 +55,6 @@ class Figures:
     def problem(self, text: str) -> None:
         if len(self.problems) < 20:
             self.problems.append(text)
-
-
-def read_stream(url: str) -> bytes:
-    parts = []
-    offset = "-1"
-    with httpx.Client(timeout=10.0) as client:
-        while True:
-            r = client.get(url, params={"offset": offset})
-            assert r.status_code == 200, r.text
-            parts.append(r.content)
-            offset = r.headers["stream-next-offset"]
-            if r.headers.get("stream-up-to-date") == "true":
-                return b"".join(parts)
 
 
 def read_journal(path: Path) -> list[dict]:
@@ -165,7 +152,7 @@ def test_sigkill_loses_no_acknowledged_append_and_duplicates_nothing(tmp_path: P
             acked_before_kill = read_journal(journal)
             time.sleep(rng.uniform(0.0, 0.2))
             server.start()
-            check(read_stream(stream_url), acked_before_kill, fig)
+            check(read_all(stream_url), acked_before_kill, fig)
         time.sleep(0.5)
     finally:
         stop.touch()
@@ -175,7 +162,7 @@ def test_sigkill_loses_no_acknowledged_append_and_duplicates_nothing(tmp_path: P
             if writer.poll() is None:
                 writer.kill()
     try:
-        check(read_stream(stream_url), read_journal(journal), fig, final=True)
+        check(read_all(stream_url), read_journal(journal), fig, final=True)
     finally:
         server.stop()
     print(f"\ncrash test: {fig.kills} SIGKILLs, {fig.checks} checks, "

@@ -33,7 +33,7 @@ from duralog.store.memory import MemoryStore
 from duralog.store.sqlite import DB_NAME, SQLiteStore
 
 from .rss_check import run as run_rss_check
-from .servers import ServerProcess, duralog_server
+from .servers import ServerProcess, duralog_server, read_all
 
 TEXT = {"content-type": "text/plain"}
 
@@ -58,19 +58,6 @@ def snapshot(client: httpx.Client, url: str) -> dict[str, object]:
             "stream-closed", "etag")
     return {"status": head.status_code, **{k: head.headers.get(k) for k in keep},
             "body": body.content}
-
-
-def read_all(url: str) -> bytes:
-    """The whole stream, following Stream-Next-Offset (catch-up reads are chunked)."""
-    parts, offset = [], "-1"
-    with httpx.Client(timeout=30) as client:
-        while True:
-            r = client.get(url, params={"offset": offset})
-            assert r.status_code == 200, r.text
-            parts.append(r.content)
-            offset = r.headers["stream-next-offset"]
-            if r.headers.get("stream-up-to-date") == "true":
-                return b"".join(parts)
 
 
 def db_query(data_dir: Path, sql: str, args: tuple = ()) -> list[tuple]:

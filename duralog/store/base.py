@@ -123,6 +123,8 @@ class Store(ABC):
         #: Called with each stream the store removes on its own (expiry), so the
         #: server can record it (the registry) like a DELETE.
         self.removal_listeners: list[Callable[[StreamState], None]] = []
+        self._by_path: dict[str, StreamState] = {}
+        self._by_id: dict[int, StreamState] = {}
 
     def _removed(self, states: list[StreamState]) -> None:
         for state in states:
@@ -138,16 +140,18 @@ class Store(ABC):
         self.notifier.wake_all()
 
     # -- state -------------------------------------------------------------
-    @abstractmethod
+    # Backends keep the committed states in ``_by_path`` and ``_by_id`` and
+    # replace entries only once what they describe is stored.
     def _state(self, path: str) -> StreamState | None:
         """The committed state at ``path``, expired or not."""
+        return self._by_path.get(path)
 
-    @abstractmethod
-    def _state_by_id(self, stream_id: int) -> StreamState | None: ...
+    def _state_by_id(self, stream_id: int) -> StreamState | None:
+        return self._by_id.get(stream_id)
 
-    @abstractmethod
     def all_states(self) -> list[StreamState]:
         """Every stream the store holds, soft-deleted and expired ones included."""
+        return list(self._by_path.values())
 
     def list_states(self) -> list[StreamState]:
         """Every live stream: not soft-deleted, not expired."""

@@ -38,19 +38,8 @@ class MemoryStore(Store):
     def __init__(self) -> None:
         super().__init__()
         self.instance_tag = secrets.token_hex(4)
-        self._by_path: dict[str, StreamState] = {}
-        self._by_id: dict[int, StreamState] = {}
         self._records: dict[int, _Records] = {}
         self._ids = itertools.count(1)
-
-    def _state(self, path: str) -> StreamState | None:
-        return self._by_path.get(path)
-
-    def _state_by_id(self, stream_id: int) -> StreamState | None:
-        return self._by_id.get(stream_id)
-
-    def all_states(self) -> list[StreamState]:
-        return list(self._by_path.values())
 
     def _apply(self, plan: Plan) -> None:
         for state in plan.states:

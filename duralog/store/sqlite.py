@@ -324,8 +324,6 @@ class SQLiteStore(Store):
             # A hard cap on the database size in 4 KiB pages; appends past it get 507.
             self._max_page_count = int(os.environ["DURALOG_SQLITE_MAX_PAGES"])
         # Published (committed) states; owned by the event loop thread.
-        self._by_path: dict[str, StreamState] = {}
-        self._by_id: dict[int, StreamState] = {}
         # The writer's committed view; owned by the writer thread. Both views share
         # the StreamState objects, which nobody mutates once committed (except
         # last_access, which only moves forward).
@@ -443,15 +441,6 @@ class SQLiteStore(Store):
         return con
 
     # -- state (event loop side) -------------------------------------------------
-    def _state(self, path: str) -> StreamState | None:
-        return self._by_path.get(path)
-
-    def _state_by_id(self, stream_id: int) -> StreamState | None:
-        return self._by_id.get(stream_id)
-
-    def all_states(self) -> list[StreamState]:
-        return list(self._by_path.values())
-
     def get(self, path: str) -> StreamState | None:
         # 4: an expired stream is gone at once; its removal is committed by the
         # writer (queued here), exactly as the memory store's get() would leave it.
