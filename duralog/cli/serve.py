@@ -28,6 +28,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--max-body-size", type=parse_size, metavar="BYTES",
                    help="largest append accepted, larger gets 413 (default 64MiB; "
                         "DURALOG_MAX_BODY_SIZE)")
+    p.add_argument("--yjs", action=argparse.BooleanOptionalAction, default=None,
+                   help="serve the Yjs protocol at /v1/yjs (default on; DURALOG_YJS)")
+    p.add_argument("--yjs-compaction-bytes", type=parse_size, metavar="BYTES",
+                   help="compact a Yjs document once this many bytes of updates arrived "
+                        "since its last snapshot (default 1MiB; DURALOG_YJS_COMPACTION_BYTES)")
     p.add_argument("--log-level", default="warning",
                    choices=["critical", "error", "warning", "info", "debug"])
     p.set_defaults(run=run)
@@ -42,7 +47,8 @@ def run(args: argparse.Namespace) -> int:
         config = Config.from_env(
             host=args.host, port=args.port, backend=args.backend, data_dir=args.data_dir,
             long_poll_timeout=args.long_poll_timeout, chunk_size=args.chunk_size,
-            max_body_size=args.max_body_size)
+            max_body_size=args.max_body_size, yjs=args.yjs,
+            yjs_compaction_bytes=args.yjs_compaction_bytes)
     except ValueError as err:
         print(f"duralog serve: {err}", file=sys.stderr)
         return 2

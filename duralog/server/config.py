@@ -23,6 +23,9 @@ class Config:
     compression: bool = True
     sweep_interval: float = 5.0  # seconds between background sweeps of expired streams
     registry: bool = True
+    yjs: bool = True  # serve YJS-PROTOCOL.md at /v1/yjs
+    yjs_compaction_bytes: int = 1 << 20  # YJS-PROTOCOL.md 8.1: updates since a snapshot
+    yjs_awareness_ttl: int = 3600  # YJS-PROTOCOL.md 11: seconds presence streams outlive use
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None, **overrides: object) -> Config:
@@ -47,7 +50,8 @@ class Config:
         for name in ("long_poll_timeout", "sse_max_duration", "sweep_interval"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name.replace('_', '-')} must be positive")
-        for name in ("chunk_size", "max_body_size"):
+        for name in ("chunk_size", "max_body_size", "yjs_compaction_bytes",
+                     "yjs_awareness_ttl"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name.replace('_', '-')} must be at least 1 byte")
         if not (self.stream_prefix.startswith("/") and self.stream_prefix.endswith("/")):

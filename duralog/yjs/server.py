@@ -69,11 +69,12 @@ def validate_updates(body: bytes) -> None:
 
 
 class YjsApp:
-    """The Yjs server: ``YjsApp(ctx)`` with ``ctx.config``, ``ctx.store``, ``ctx.metrics``,
-    ``ctx.log`` (the server's ``ServerContext``)."""
+    """The Yjs server: ``YjsApp(ctx)`` with the server's ``ServerContext`` (config, store,
+    metrics registry, log). ``compaction_bytes`` and ``awareness_ttl`` default to
+    ``config.yjs_compaction_bytes`` and ``config.yjs_awareness_ttl``."""
 
     def __init__(self, ctx: Any, *, compaction_bytes: int | None = None,
-                 awareness_ttl: int = AWARENESS_TTL) -> None:
+                 awareness_ttl: int | None = None) -> None:
         self.ctx = ctx
         self.store = ctx.store
         config = ctx.config
@@ -81,7 +82,8 @@ class YjsApp:
         threshold = compaction_bytes or getattr(config, "yjs_compaction_bytes", None)
         self.compactor = Compactor(self.store, threshold or DEFAULT_THRESHOLD, self.log,
                                    getattr(ctx, "metrics", None))
-        self.awareness_ttl = awareness_ttl
+        self.awareness_ttl = (awareness_ttl or getattr(config, "yjs_awareness_ttl", None)
+                              or AWARENESS_TTL)
         self.max_body = config.max_body_size
         self.responder = Responder(config.cors_origin)
         self.closing = asyncio.Event()
