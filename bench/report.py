@@ -30,6 +30,7 @@ GOALS: list[Goal] = [
     ("latency", "p50", None, "< 2 ms", _abs(lambda v: v < 2)),
     ("latency", "p99", None, "< 15 ms", _abs(lambda v: v < 15)),
     ("fanout", "errors", None, "0", _abs(lambda v: v == 0)),
+    ("yjs", "delivery p99", None, "< 50 ms", _abs(lambda v: v < 50)),
 ]
 
 

@@ -342,3 +342,12 @@ SCENARIOS: dict[str, Callable[[Target, Config, int], list[Sample]]] = {
     "latency": latency,
     "fanout": fanout,
 }
+
+
+def _yjs(t: Target, cfg: Config, rnd: int) -> list[Sample]:
+    from .yjs import yjs  # pycrdt and the Yjs client load only for this scenario
+
+    return yjs(t, cfg, rnd)
+
+
+SCENARIOS["yjs"] = _yjs
