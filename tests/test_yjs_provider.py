@@ -177,3 +177,42 @@ def test_docs_examples_run(server: ServerProcess, tmp_path: Path) -> None:
         result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
                                 text=True, timeout=60)
         assert result.returncode == 0, f"{block}\n{result.stderr}"
+
+
+def test_changes_the_server_missed_while_gone_are_sent_after_reconnect(tmp_path: Path) -> None:
+    from .servers import free_port
+
+    port = free_port()
+    data = tmp_path / "data"
+
+    def start() -> ServerProcess:
+        proc = yjs_server("sqlite", data_dir=data, log_path=tmp_path / "server.log")
+        proc.port = port
+        proc.args[proc.args.index("--port") + 1] = str(port)
+        return proc.start()
+
+    server = start()
+
+    async def run() -> None:
+        nonlocal server
+        doc = pycrdt.Doc()
+        text = doc.get("text", type=pycrdt.Text)
+        provider = AsyncYjsProvider(doc, base(server), "gone/doc", timeout=2.0)
+        await provider.connect()
+        text += "before "
+        await provider.flush()
+        server.kill()
+        text += "while-gone"  # the producer cannot deliver this
+        await provider.disconnect()  # gives up after the flush timeout
+        server = start()
+        await provider.connect()
+        await provider.flush()
+        other = pycrdt.Doc()
+        async with AsyncYjsProvider(other, base(server), "gone/doc"):
+            assert str(other.get("text", type=pycrdt.Text)) == "before while-gone"
+        await provider.close()
+
+    try:
+        asyncio.run(run())
+    finally:
+        server.stop()

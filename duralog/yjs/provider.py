@@ -79,6 +79,7 @@ class AsyncYjsProvider:
         self._awareness_sub: str | None = None
         self._awareness_dirty = asyncio.Event()
         self._on_remote: list[Callable[[], None]] = []
+        self._resend_all = False
         # Changes made before we connect are sent once we do.
         if doc.get_state() != b"\x00":
             self._backlog.append(doc.get_update())
@@ -113,6 +114,10 @@ class AsyncYjsProvider:
             self._producer = AsyncIdempotentProducer(
                 stream, self.producer_id, content_type=OCTET, auto_claim=True,
                 on_error=self._producer_failed)
+            if self._resend_all:
+                with self._lock:
+                    self._backlog = [self.doc.get_update()]
+                self._resend_all = False
             for update in self._backlog:
                 self._producer.append(frame(update))
             self._backlog.clear()
@@ -157,8 +162,15 @@ class AsyncYjsProvider:
             self._awareness_sub = None
         producer, self._producer = self._producer, None
         if producer is not None:
-            with contextlib.suppress(Exception):
-                await producer._stop()
+            try:
+                await asyncio.wait_for(producer._stop(), 5.0)
+            except Exception:
+                # A server that stays away: stop retrying. What it may have missed is
+                # sent again as the whole document state on the next connect (applying
+                # an update twice changes nothing in Yjs).
+                for task in (producer._dispatcher, *producer._tasks):
+                    task.cancel()
+                self._resend_all = True
         if self._client is not None:
             await self._client.aclose()
             self._client = None
@@ -258,8 +270,12 @@ class AsyncYjsProvider:
     def _send(self, update: bytes) -> None:
         if self._producer is None:
             self._backlog.append(update)
-        else:
+            return
+        try:
             self._producer.append(frame(update))
+        except Exception as err:  # the producer failed for good; keep it for a reconnect
+            self.errors.append(err)
+            self._backlog.append(update)
 
     # -- awareness (9.4) ----------------------------------------------------------------
     def _start_awareness(self) -> None:

@@ -241,7 +241,10 @@ class YjsApp:
         headers.append((b"stream-next-offset", state.next_offset.encode()))
         await self.responder.respond(send, decision.status, headers)
         if decision.write:
-            await self.compactor.after_append(streams, state)
+            try:
+                await self.compactor.after_append(streams, state)
+            except Exception:  # the write is answered; compaction only waits for the next
+                self.log.exception("yjs: could not schedule compaction of %s", streams.key)
 
     # -- GET / HEAD: snapshot discovery (5.2), snapshots (5.3), updates (5.4) ---------
     async def _get(self, req: Request, send: Send, streams: DocStreams) -> None:
