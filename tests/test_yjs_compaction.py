@@ -70,32 +70,36 @@ def test_one_compaction_per_document_at_a_time() -> None:
 
 
 def test_writers_and_readers_do_not_wait_for_compaction(tmp_path: Path) -> None:
-    """Each compaction step pauses 1.5 s here; writes and reads finish meanwhile."""
+    """A compaction held at its first step (a test gate file) blocks nobody."""
+    gate = tmp_path / "gate"
+    gate.touch()
     server = yjs_server("memory", compaction_bytes=300, log_path=tmp_path / "server.log",
-                        env={"DURALOG_YJS_COMPACTION_STEP_DELAY": "1.5"}).start()
+                        env={"DURALOG_YJS_COMPACTION_GATE": str(gate)}).start()
     try:
         url = f"{server.url}/v1/yjs/svc/docs/slow"
         httpx.put(url)
         updates, text = make_updates(40)
-        for update in updates[:20]:
-            assert httpx.post(url, content=frame(update), headers=OCTET).status_code == 204
 
-        def finished() -> float:
+        def count(result: str) -> float:
             metrics = httpx.get(f"{server.url}/metrics").text
             for line in metrics.splitlines():
-                if line.startswith('duralog_yjs_compactions_total{result="ok"}'):
+                if line.startswith(f'duralog_yjs_compactions_total{{result="{result}"}}'):
                     return float(line.split()[-1])
             return 0.0
 
-        for update in updates[20:]:
+        for update in updates:
             assert httpx.post(url, content=frame(update), headers=OCTET).status_code == 204
         assert text_of(httpx.get(url, params={"offset": "-1"}).content) == text
-        assert discover(url) == "-1"
-        assert finished() == 0  # all of the above happened while the compaction ran
-        deadline = time.monotonic() + 30
-        while finished() == 0 and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert finished() >= 1
+        tail = httpx.head(url).headers["stream-next-offset"]
+        long_poll = httpx.get(url, params={"offset": tail, "live": "long-poll"}, timeout=30)
+        assert long_poll.status_code == 204
+        # All of the above happened while the compaction was held: none has finished.
+        assert discover(url) == "-1" and count("ok") == 0
+        gate.unlink()
+        deadline = time.monotonic() + 60
+        while count("ok") == 0 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert count("ok") >= 1
         assert load(url) == text
     finally:
         server.stop()

@@ -337,10 +337,11 @@ def test_compaction_at_threshold_snapshot_reads_and_old_snapshot_deletion(
     first = wait_for_snapshot(url)
     snap = httpx.get(url, params={"offset": first})
     assert snap.status_code == 200 and snap.headers["content-type"] == "application/octet-stream"
-    taken_at = first.removesuffix("_snapshot")
-    assert snap.headers["stream-next-offset"] == taken_at
-    # The snapshot holds exactly the updates before its offset.
-    before = httpx.get(url, params={"offset": "-1"}).content[:int(taken_at.split("_")[1])]
+    # Named by the offset of its last byte; reading goes on right after it (5.3).
+    last = int(first.removesuffix("_snapshot").split("_")[1])
+    assert snap.headers["stream-next-offset"] == format_offset(last + 1)
+    # The snapshot holds exactly the updates before that.
+    before = httpx.get(url, params={"offset": "-1"}).content[:last + 1]
     assert text_of(b"", snapshot=snap.content) == text_of(before)
     for update in updates[30:]:
         httpx.post(url, content=frame(update), headers=OCTET)

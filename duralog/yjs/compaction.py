@@ -52,12 +52,21 @@ class DocInfo:
     """What the server remembers of one document between requests."""
 
     updates_id: int  # the updates stream's Store id: a recreated document is another
-    snapshot: str | None  # offset token of the snapshot in force, None before the first
+    snapshot: str | None  # offset of the snapshot in force (its last byte), None before one
     task: asyncio.Task[None] | None = None
 
     @property
     def snapshot_pos(self) -> int:
-        return parse_offset(self.snapshot) if self.snapshot else 0
+        """Where the updates after the snapshot start (see ``snapshot_offset``)."""
+        return parse_offset(self.snapshot) + 1 if self.snapshot else 0
+
+
+def snapshot_offset(end: int) -> str:
+    """The offset that names a snapshot of the updates before ``end``: the position of
+    their last byte. YJS-PROTOCOL.md 5.3's example (snapshot 4782, Stream-Next-Offset
+    4783) and the reference server use "snapshot offset + 1" as the place to read on;
+    with byte positions that is exactly ``end``, where the next update starts."""
+    return format_offset(end - 1)
 
 
 def replay(snapshot: bytes, updates: bytes) -> tuple[bytes, int, int]:
@@ -164,7 +173,7 @@ class Compactor:
             # An entry whose snapshot is gone (deleted around us) is skipped: an older
             # one, or the updates from the start, still load the same content.
             if (isinstance(token, str) and parse_snapshot_key(token + "_snapshot")
-                    and parse_offset(token) <= updates.tail
+                    and parse_offset(token) < updates.tail
                     and self._snapshot_exists(streams, token)):
                 snapshot = token
                 break
@@ -204,6 +213,11 @@ class Compactor:
     async def _pause(self) -> None:
         if self.step_delay:
             await asyncio.sleep(self.step_delay)
+        # Test hook: while this file exists, compactions hold here (tests show that
+        # writes and reads go on meanwhile without depending on timing).
+        gate = os.environ.get("DURALOG_YJS_COMPACTION_GATE")
+        while gate and os.path.exists(gate):
+            await asyncio.sleep(0.05)
 
     async def compact(self, streams: DocStreams, info: DocInfo) -> str:
         """8.2: one compaction. Returns "ok", or "gone" when the document went away."""
@@ -212,6 +226,8 @@ class Compactor:
             return "gone"
         start = info.snapshot_pos
         end = updates.tail  # 8.4: the snapshot covers exactly the bytes before this
+        if end <= start:
+            return "nothing"  # nothing new since the snapshot in force
         old = None
         if info.snapshot is not None:
             old_state = self.store.get(streams.snapshot(info.snapshot))
@@ -225,7 +241,7 @@ class Compactor:
                              streams.key, refused)
         if self._current_updates(streams, info) is None:
             return "gone"
-        token = format_offset(end)
+        token = snapshot_offset(end)
         try:
             await self.store.create(streams.snapshot(token), CreateRequest(content_type=OCTET),
                                     snapshot)

@@ -7,12 +7,12 @@ the Store interface, so it works on every backend, and the raw streams API can
 read them for debugging.
 
 The wire behaviour follows the protocol's reference server (npm
-``@durable-streams/y-durable-streams`` 0.2.7), with these decisions of ours:
+``@durable-streams/y-durable-streams`` 0.2.7). Notes and decisions of ours:
 
-- ``Stream-Next-Offset`` of a snapshot read is the offset the snapshot was
-  taken at: our offsets are byte positions, and the first update after the
-  snapshot starts exactly there (the reference adds one, which works on its
-  message-granular server and would cut a byte off ours).
+- A snapshot is named by the offset of the last update byte it holds, so its
+  ``Stream-Next-Offset`` is that offset + 1, as in the spec's example and the
+  reference server; with our byte-position offsets that is exactly where the
+  first update after the snapshot starts.
 - Updates are checked on the way in: whole lib0 frames, each a Yjs update
   pycrdt can decode; anything else is a 400 and is not stored (12.3), so one
   bad client cannot break a document for every reader.
@@ -30,6 +30,7 @@ from urllib.parse import urlencode
 
 from ..protocol import headers as H
 from ..protocol.errors import ProtocolError
+from ..protocol.offsets import format_offset, parse_offset
 from ..protocol.state import AppendRequest, CreateRequest, StreamState
 from .asgi import (
     METHODS,
@@ -288,10 +289,10 @@ class YjsApp:
             # 10: deleted or never there; the client asks offset=snapshot again (8.3).
             raise YjsError(404, "Snapshot not found", "SNAPSHOT_NOT_FOUND")
         body = await read_whole(self.store, snap)
-        # 5.3: continue reading updates where the snapshot was taken (see module doc).
+        # 5.3: read on right after the snapshot's last byte (compaction.snapshot_offset).
         await self.responder.respond(send, 200, [
             (b"content-type", OCTET.encode()),
-            (b"stream-next-offset", token.encode()),
+            (b"stream-next-offset", format_offset(parse_offset(token) + 1).encode()),
             (b"cache-control", b"private, max-age=5")], body, head=head)
 
     # -- DELETE: the document and everything that hangs on it (5.9) --------------------
