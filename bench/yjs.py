@@ -234,7 +234,7 @@ async def _compaction(updates: list[bytes]) -> dict[str, Any]:
 async def _load(root: str, updates: list[bytes]) -> dict[str, Any]:
     import pycrdt
 
-    from duralog.yjs.framing import frame, split_frames
+    from duralog.yjs.framing import FrameBuffer, frame
 
     url = f"{root}/v1/yjs/bench/docs/load-{uuid.uuid4().hex[:8]}"
     async with httpx.AsyncClient(timeout=120) as client:
@@ -256,6 +256,7 @@ async def _load(root: str, updates: list[bytes]) -> dict[str, Any]:
         # What a new client does (9.2): discovery, the snapshot, the updates after it.
         t0 = time.perf_counter()
         fresh = pycrdt.Doc()
+        frames = FrameBuffer()
         resp = await client.get(url, params={"offset": "snapshot"})
         offset = httpx.URL(url).join(resp.headers["location"]).params["offset"]
         after = 0
@@ -265,7 +266,7 @@ async def _load(root: str, updates: list[bytes]) -> dict[str, Any]:
             offset = resp.headers["stream-next-offset"]
         while True:
             resp = await client.get(url, params={"offset": offset})
-            for update in split_frames(resp.content):
+            for update in frames.feed(resp.content):
                 fresh.apply_update(update)
                 after += 1
             offset = resp.headers["stream-next-offset"]
@@ -275,11 +276,12 @@ async def _load(root: str, updates: list[bytes]) -> dict[str, Any]:
 
         t0 = time.perf_counter()
         replay = pycrdt.Doc()
+        frames = FrameBuffer()
         offset = "-1"
         n = 0
         while True:
             resp = await client.get(url, params={"offset": offset})
-            for update in split_frames(resp.content):
+            for update in frames.feed(resp.content):
                 replay.apply_update(update)
                 n += 1
             offset = resp.headers["stream-next-offset"]

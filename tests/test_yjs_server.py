@@ -484,3 +484,62 @@ def test_head_of_document(server: ServerProcess) -> None:
     assert resp.status_code == 200 and resp.headers["stream-next-offset"] == tail
 
 
+
+
+def test_reads_never_cut_a_frame(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """With 1000-byte read chunks and 600-byte appends, every answer still holds whole
+    frames (the TypeScript provider decodes each answer on its own, 7.3)."""
+    from duralog.yjs.framing import FrameBuffer
+
+    log = tmp_path_factory.mktemp("yjs-chunks") / "server.log"
+    proc = yjs_server("memory", log_path=log)
+    proc.args += ["--chunk-size", "1000"]
+    proc.start()
+    try:
+        url = doc_url(proc)
+        httpx.put(url)
+        doc = pycrdt.Doc()
+        text = doc.get("text", type=pycrdt.Text)
+        bodies = []
+        for i in range(6):
+            before = doc.get_state()
+            text += f"{i}" * 580
+            bodies.append(frame(doc.get_update(before)))
+            assert httpx.post(url, content=bodies[-1], headers=OCTET).status_code == 204
+        offset, answers = "-1", []
+        while True:
+            resp = httpx.get(url, params={"offset": offset})
+            answers.append(resp.content)
+            offset = resp.headers["stream-next-offset"]
+            if resp.headers.get("stream-up-to-date") == "true":
+                break
+        assert len(answers) >= 3
+        assert b"".join(answers) == b"".join(bodies)
+        for answer in answers:
+            split_frames(answer)  # raises on a cut frame
+        _, events = sse_events(url, {"offset": "-1", "live": "sse"}, 2 * len(answers))
+        for name, data in events:
+            if name == "data":
+                split_frames(base64.b64decode(data))
+        assert text_of(b"".join(answers)) == str(text)
+    finally:
+        proc.stop()
+    # And a client reading from a server that does cut frames can join the pieces.
+    buffer = FrameBuffer()
+    whole = b"".join(bodies)
+    got = [u for i in range(0, len(whole), 7) for u in buffer.feed(whole[i:i + 7])]
+    assert got == [split_frames(b)[0] for b in bodies] and buffer.pending == 0
+
+
+def test_lib0_varuint_examples() -> None:
+    """7.1: 0 -> 00, 127 -> 7f, 128 -> 80 01, 300 -> ac 02."""
+    from duralog.yjs.framing import FramingError, read_var_uint, write_var_uint
+
+    for value, encoded in ((0, b"\x00"), (127, b"\x7f"), (128, b"\x80\x01"),
+                           (300, b"\xac\x02"), (2**35 + 5, write_var_uint(2**35 + 5))):
+        assert write_var_uint(value) == encoded
+        assert read_var_uint(encoded, 0) == (value, len(encoded))
+    with pytest.raises(FramingError):
+        read_var_uint(b"\x80", 0)
+    with pytest.raises(FramingError):
+        split_frames(b"\x05ab")

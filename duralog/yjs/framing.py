@@ -69,3 +69,35 @@ def iter_frames(data: bytes) -> Iterator[bytes]:
 
 def split_frames(data: bytes) -> list[bytes]:
     return list(iter_frames(data))
+
+
+class FrameBuffer:
+    """Whole updates out of bytes that arrive in pieces: a frame cut between two reads
+    waits for the rest (our server never cuts one, 5.4; this is for any server)."""
+
+    def __init__(self) -> None:
+        self._rest = b""
+
+    def feed(self, data: bytes) -> list[bytes]:
+        buf = self._rest + data if self._rest else data
+        out: list[bytes] = []
+        pos = 0
+        end = len(buf)
+        while pos < end:
+            try:
+                length, start = read_var_uint(buf, pos)
+            except FramingError:
+                if end - pos >= _MAX_VARINT_BYTES:
+                    raise
+                break  # the length itself is cut
+            if start + length > end:
+                break
+            out.append(buf[start:start + length])
+            pos = start + length
+        self._rest = buf[pos:]
+        return out
+
+    @property
+    def pending(self) -> int:
+        """Bytes of an incomplete frame held back."""
+        return len(self._rest)

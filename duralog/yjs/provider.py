@@ -31,7 +31,7 @@ import httpx
 
 from ..client import AsyncDurableStream, AsyncIdempotentProducer, DurableStreamError
 from ..client import StreamNotFound as _NotFound
-from .framing import FramingError, frame, iter_frames
+from .framing import FrameBuffer, FramingError, frame, iter_frames
 
 log = logging.getLogger("duralog.yjs.provider")
 OCTET = "application/octet-stream"
@@ -80,6 +80,7 @@ class AsyncYjsProvider:
         self._awareness_dirty = asyncio.Event()
         self._on_remote: list[Callable[[], None]] = []
         self._resend_all = False
+        self._frames = FrameBuffer()  # a frame a read cut short waits for the rest
         # Changes made before we connect are sent once we do.
         if doc.get_state() != b"\x00":
             self._backlog.append(doc.get_update())
@@ -240,10 +241,11 @@ class AsyncYjsProvider:
 
     def _apply_framed(self, data: bytes) -> None:
         try:
-            updates = list(iter_frames(data))
+            updates = self._frames.feed(data)
         except FramingError as err:
             # 12.3: untrusted input; the server refuses such bytes, so this is a bug.
             self.errors.append(err)
+            self._frames = FrameBuffer()
             return
         self._apply_remote(updates)
 

@@ -5,6 +5,10 @@ YJS-PROTOCOL.md 5.4 and 5.6 pass reads through to the base protocol
 (``read``, the notifier, ``get``), so the Yjs sub-app needs nothing of the core
 stream handlers and works on every backend. Both stream kinds are
 ``application/octet-stream``, so SSE data is always base64 (PROTOCOL.md 5.8).
+
+Reads never cut an append in two (``whole=True``): a response ends on a frame
+boundary, as on the reference server, whose messages are never split. Clients
+such as the TypeScript provider decode each response on its own (7.3).
 """
 
 from __future__ import annotations
@@ -129,7 +133,7 @@ class StreamReader:
 
     async def _catch_up(self, send: Send, state: StreamState, pos: int, cursor: str | None,
                         *, head: bool = False) -> None:
-        chunk = await self.store.read(state, pos, self.settings.chunk_size)
+        chunk = await self.store.read(state, pos, self.settings.chunk_size, whole=True)
         up_to_date = chunk.next_pos >= state.tail
         headers: Headers = [
             (b"content-type", b"application/octet-stream"),
@@ -198,7 +202,7 @@ class StreamReader:
                     break  # deleted: end the stream; a reconnect gets 404
                 state = current
                 if pos < state.tail:
-                    chunk = await self.store.read(state, pos, self.settings.chunk_size)
+                    chunk = await self.store.read(state, pos, self.settings.chunk_size, whole=True)
                     pos = chunk.next_pos
                     payload = base64.b64encode(b"".join(chunk.parts)).decode("ascii")
                     await send({"type": "http.response.body", "more_body": True,
