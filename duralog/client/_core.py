@@ -14,7 +14,7 @@ import json
 import random
 import re
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -33,7 +33,10 @@ LIVE_MODES = (None, "long-poll", "sse", "auto")
 #   "safe"        GET/HEAD, close-only, PUT: repeating them cannot change the outcome (5.1, 5.3)
 #   "idempotent"  producer appends: the server deduplicates (id, epoch, seq) (5.2.1)
 #   "unsafe"      plain appends and DELETE: retried only when the request surely never
-#                 reached the server (connect failures, 429), else the error surfaces.
+#                 reached the server (connect failures) or when the server said it did
+#                 not apply it (429, 500, 503: duralog answers these before any write
+#                 commits, PROTOCOL.md 12.5); a connection lost after the request went
+#                 out, or a 502/504 from a proxy, may hide a success, so that error surfaces.
 RetryKind = Literal["safe", "idempotent", "unsafe"]
 
 JSON_TYPE = "application/json"
@@ -55,7 +58,11 @@ class RetryPolicy:
     before retry *n* is ``min(max_delay, initial_delay * multiplier**(n-1))``,
     scaled down by a random factor in ``[1 - jitter, 1]`` so that many clients
     cut off together do not come back together. A 429's or 503's ``Retry-After``
-    replaces the computed delay (capped at ``max_retry_after``).
+    replaces the computed delay (capped at ``max_retry_after``). ``max_elapsed``
+    bounds the seconds spent retrying one request, from its first failure
+    (``None``: no time bound); the budget ends at whichever limit comes first.
+    ``initial_delay`` must be above 0: a zero delay is a hot loop against a
+    failing server.
     """
 
     max_attempts: int | None = 8
@@ -64,6 +71,7 @@ class RetryPolicy:
     multiplier: float = 2.0
     jitter: float = 0.5
     max_retry_after: float = 120.0
+    max_elapsed: float | None = None
 
     def __post_init__(self) -> None:
         if self.max_attempts is not None and (
@@ -74,6 +82,13 @@ class RetryPolicy:
             value = getattr(self, name)
             if not isinstance(value, int | float) or value < 0:
                 raise ValueError(f"{name} must be a number >= 0, not {value!r}")
+        if self.initial_delay <= 0:
+            raise ValueError(f"initial_delay must be above 0 seconds (0 retries in a hot "
+                             f"loop), not {self.initial_delay!r}")
+        if self.max_elapsed is not None and (
+                not isinstance(self.max_elapsed, int | float) or self.max_elapsed <= 0):
+            raise ValueError(f"max_elapsed must be a positive number of seconds or None, "
+                             f"not {self.max_elapsed!r}")
         if self.max_delay < self.initial_delay:
             raise ValueError("max_delay must be >= initial_delay")
         if not isinstance(self.multiplier, int | float) or self.multiplier < 1:
@@ -81,8 +96,11 @@ class RetryPolicy:
         if not isinstance(self.jitter, int | float) or not 0 <= self.jitter <= 1:
             raise ValueError(f"jitter must be between 0 and 1, not {self.jitter!r}")
 
-    def allows(self, attempt: int) -> bool:
-        """Whether try number ``attempt`` (1-based) may still be made."""
+    def allows(self, attempt: int, elapsed: float = 0.0) -> bool:
+        """Whether try number ``attempt`` (1-based) may still be made, ``elapsed``
+        seconds after the request first failed."""
+        if self.max_elapsed is not None and elapsed >= self.max_elapsed:
+            return False
         return self.max_attempts is None or attempt <= self.max_attempts
 
     def delay(self, failures: int, retry_after: float | None = None,
@@ -96,6 +114,39 @@ class RetryPolicy:
 
 
 NO_RETRY = RetryPolicy(max_attempts=1)
+
+# The idempotent producer's default budget per batch: generous (a server restart
+# fits), but finite, so flush() and close() end with the error when the server
+# stays down.
+PRODUCER_RETRY = RetryPolicy(max_attempts=None, max_delay=5.0, max_elapsed=60.0)
+
+# Called before each retry with the error and the seconds about to be waited
+# (the CLI uses it to say "retrying" on a terminal).
+RetryHook = Callable[[Exception, float], None]
+
+
+class Backoff:
+    """The retry budget of one request (or of a reader between two responses)."""
+
+    def __init__(self, policy: RetryPolicy) -> None:
+        self.policy = policy
+        self.failures = 0
+        self.since: float | None = None
+
+    def next_delay(self, error: Exception) -> float | None:
+        """Seconds to wait before trying again, or None when the budget is spent."""
+        now = time.monotonic()
+        if self.since is None:
+            self.since = now
+        self.failures += 1
+        if not self.policy.allows(self.failures + 1, now - self.since):
+            return None
+        hint = retry_after_of(error) if isinstance(error, E.DurableStreamError) else None
+        return self.policy.delay(self.failures, hint)
+
+    def reset(self) -> None:
+        self.failures = 0
+        self.since = None
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
@@ -197,6 +248,8 @@ class Chunk:
     ``offset`` is the Stream-Next-Offset after this chunk: pass it to ``read``
     later to continue without a gap or a repeat. For JSON streams ``data`` is a
     JSON array of the chunk's messages (9.1.5); ``json()`` gives the list.
+    ``status`` and ``headers`` are those of the response that carried it (for
+    SSE, of the SSE response).
     """
 
     data: bytes
@@ -205,6 +258,8 @@ class Chunk:
     cursor: str | None = None
     up_to_date: bool = False
     closed: bool = False
+    status: int = 200  # the HTTP status of the response this chunk came in
+    headers: Mapping[str, str] = field(default_factory=dict)  # its headers, lower-case names
 
     def text(self, encoding: str = "utf-8") -> str:
         return self.data.decode(encoding)
@@ -431,8 +486,10 @@ def should_retry(kind: RetryKind, *, status: int | None, connect_failure: bool) 
         # the server; any other may have (the answer was lost), so only requests that
         # are safe to repeat go again.
         return connect_failure or kind != "unsafe"
-    if status == 429:
-        return True  # 12.5: refused before any work was done
+    if status in (429, 500, 503):
+        # 12.5: refused before any work was done. duralog answers 500 and 503 only
+        # before an append commits, so these are safe for plain appends too.
+        return True
     if status >= 500:
         return kind != "unsafe"
     return False
@@ -512,6 +569,9 @@ class ReadState:
         self._sse_base64 = False
         self._sse_data: list[str] = []
         self._sse_events = 0
+        # The last response: a long-poll that timed out is a 204 (5.7).
+        self.status: int | None = None
+        self.headers: dict[str, str] = {}
 
     # -- requests --------------------------------------------------------------
     def next_request(self) -> Request:
@@ -527,6 +587,8 @@ class ReadState:
         """A complete catch-up or long-poll answer (status < 400)."""
         if status == 304:
             raise E.ProtocolViolation(f"GET {self.url}: unexpected 304", status=304, url=self.url)
+        self.status = status
+        self.headers = {k.lower(): v for k, v in headers.items()}
         if self.content_type is None and status == 200:
             self.content_type = headers.get("content-type")
         next_offset = _require_offset("GET", self.url, headers)
@@ -542,7 +604,7 @@ class ReadState:
         if not data:
             return None
         return Chunk(data, next_offset, self.content_type or OCTET_STREAM, self.cursor,
-                     up_to_date, closed)
+                     up_to_date, closed, status, self.headers)
 
     def _note_end(self, closed: bool, up_to_date: bool) -> None:
         if closed:
@@ -564,6 +626,8 @@ class ReadState:
                 f"not text/event-stream", url=self.url, method="GET")
         # 5.8: binary streams' data events are base64; the header says so.
         self._sse_base64 = headers.get(H.STREAM_SSE_DATA_ENCODING, "").lower() == "base64"
+        self.status = 200
+        self.headers = {k.lower(): v for k, v in headers.items()}
         self._sse_data = []
         self._sse_events = 0
 
@@ -595,7 +659,7 @@ class ReadState:
         if not data:
             return None
         return Chunk(data, self.offset, self.content_type or OCTET_STREAM, self.cursor,
-                     up_to_date, closed)
+                     up_to_date, closed, self.status or 200, self.headers)
 
     def _sse_payload(self) -> bytes:
         if not self._sse_data:
@@ -646,6 +710,11 @@ class ProducerOptions:
     max_batch_bytes: int = 1 << 20
     linger: float = 0.005
     max_in_flight: int = 5
+    # Backpressure: messages queued or in flight, in bytes and in count. When full,
+    # append blocks until batches land ("block") or raises ProducerQueueFull ("raise").
+    max_queue_bytes: int = 64 << 20
+    max_queue_items: int = 100_000
+    on_full: Literal["block", "raise"] = "block"
 
     def __post_init__(self) -> None:
         if not isinstance(self.producer_id, str) or not self.producer_id:
@@ -663,6 +732,12 @@ class ProducerOptions:
         if not isinstance(self.max_in_flight, int) or self.max_in_flight < 1:
             raise ValueError(f"max_in_flight must be an integer >= 1, "
                              f"not {self.max_in_flight!r}")
+        for name in ("max_queue_bytes", "max_queue_items"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, not {value!r}")
+        if self.on_full not in ("block", "raise"):
+            raise ValueError(f"on_full must be 'block' or 'raise', not {self.on_full!r}")
 
 
 @dataclass(slots=True)
@@ -675,6 +750,7 @@ class Batch:
     seq: int
     close: bool = False
     transmissions: int = 0  # how many times it was sent under the current (epoch, seq)
+    size: int = 0  # bytes of its messages, as queued (for the queue bound)
 
 
 @dataclass(frozen=True, slots=True)
@@ -717,13 +793,36 @@ class ProducerCore:
         self.pruned_below = 0  # seqs below this landed and were dropped from the set
         self.last_offset: str | None = None
         self.sent_messages = 0
+        self.sent_bytes = 0  # bytes of the messages that landed
+        # Messages queued or in flight: what the queue bound counts.
+        self.queued_bytes = 0
+        self.queued_items = 0
+        # The answer to our close (5.2.1 closure): a second close returns it, sending nothing.
+        self.closed_result: AppendResult | None = None
 
     # -- batching ------------------------------------------------------------------
+    def has_room(self, size: int) -> bool:
+        """Whether one more message of ``size`` bytes fits the queue bound. An empty
+        queue takes any message, so one larger than the bound is not refused forever."""
+        if self.queued_items == 0:
+            return True
+        return (self.queued_items < self.options.max_queue_items
+                and self.queued_bytes + size <= self.options.max_queue_bytes)
+
     def add(self, entry: bytes, now: float) -> None:
         if self.first_pending_at is None:
             self.first_pending_at = now
         self.pending.append(entry)
         self.pending_bytes += len(entry)
+        self.queued_bytes += len(entry)
+        self.queued_items += 1
+
+    def release(self, batch: Batch) -> None:
+        """A batch landed or failed for good: its messages leave the queue bound."""
+        if batch.close:
+            return  # a close's final message never entered the queue
+        self.queued_bytes -= batch.size
+        self.queued_items -= batch.count
 
     def ready(self, now: float, force: bool) -> bool:
         if not self.pending:
@@ -760,7 +859,7 @@ class ProducerCore:
             size += len(entry)
         self.pending_bytes -= size
         self.first_pending_at = self.first_pending_at if self.pending else None
-        batch = Batch(self._body(taken), len(taken), self.epoch, self.next_seq)
+        batch = Batch(self._body(taken), len(taken), self.epoch, self.next_seq, size=size)
         self.next_seq += 1
         return batch
 
@@ -780,6 +879,12 @@ class ProducerCore:
     def outcome(self, batch: Batch, status: int, headers: Mapping[str, str], body: bytes,
                 url: str) -> Outcome:
         hdrs = {k.lower(): v for k, v in headers.items()}
+        if batch.close and status == 409 and batch.transmissions > 1 and H.is_true(
+                hdrs.get(H.STREAM_CLOSED)):
+            # A close sent again after its answer was lost: the stream is closed, by
+            # our first transmission (a server that does not deduplicate the close
+            # answers 409 Stream-Closed). The close landed (5.2.1 closure, 5.3).
+            return Outcome("ok", result=AppendResult(hdrs.get(H.STREAM_NEXT_OFFSET), closed=True))
         if status < 300:
             if (status == 204 and batch.body and not self.claimed and batch.transmissions == 1
                     and self.options.auto_claim):
@@ -830,6 +935,9 @@ class ProducerCore:
                 self.pruned_below = max(self.pruned_below, floor)
         self.claimed = True
         self.sent_messages += batch.count
+        self.sent_bytes += batch.size
+        if batch.close:
+            self.closed_result = result
         if result.next_offset and (self.last_offset is None
                                    or result.next_offset > self.last_offset):
             self.last_offset = result.next_offset

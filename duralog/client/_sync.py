@@ -7,6 +7,9 @@ All protocol decisions come from ``_core``; this module only does I/O on an
 from __future__ import annotations
 
 import codecs
+import contextlib
+import queue
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -42,11 +45,13 @@ class DurableStream:
     functions run on every request (reads, writes, retries and reconnects), so a
     token provider can refresh credentials. ``retry`` governs retries of
     connection errors, 5xx and 429; ``timeout`` is per network operation.
+    ``on_retry(error, delay)`` runs before each retry (to tell a user, or log).
     """
 
     def __init__(self, url: str, *, headers: ValueSource = None, params: ValueSource = None,
                  content_type: str | None = None, retry: C.RetryPolicy | None = None,
-                 timeout: float | None = 90.0, client: httpx.Client | None = None) -> None:
+                 timeout: float | None = 90.0, client: httpx.Client | None = None,
+                 on_retry: C.RetryHook | None = None) -> None:
         self.url = C.validate_url(url)
         C.validate_value_source(headers, "headers")
         C.validate_value_source(params, "params")
@@ -58,6 +63,7 @@ class DurableStream:
         self.content_type = content_type
         self.retry = retry or C.RetryPolicy()
         self.timeout = timeout
+        self.on_retry = on_retry
         self._owns_client = client is None
         self._client = client or httpx.Client(timeout=timeout)
 
@@ -79,7 +85,11 @@ class DurableStream:
     def _sibling(self, url: str) -> DurableStream:
         """A handle on another stream of the same server, sharing client and options."""
         return DurableStream(url, headers=self.headers, params=self.params, retry=self.retry,
-                             timeout=self.timeout, client=self._client)
+                             timeout=self.timeout, client=self._client, on_retry=self.on_retry)
+
+    def _notify_retry(self, error: Exception, delay: float) -> None:
+        if self.on_retry is not None:
+            self.on_retry(error, delay)
 
     # -- HTTP ------------------------------------------------------------------------
     def _build(self, req: C.Request) -> httpx.Request:
@@ -99,26 +109,28 @@ class DurableStream:
 
     def _send(self, req: C.Request, policy: C.RetryPolicy | None = None) -> httpx.Response:
         """Send with retries; the response (status < 400), or the mapped error."""
-        policy = policy or self.retry
-        attempt = 0
+        backoff = C.Backoff(policy or self.retry)
         while True:
-            attempt += 1
             try:
                 resp = self._exchange(req)
             except E.ConnectionFailed as err:
-                if C.should_retry(req.retry, status=None, connect_failure=err.connect_failure) and \
-                        policy.allows(attempt + 1):
-                    time.sleep(policy.delay(attempt))
-                    continue
-                raise
-            if resp.status_code < 400:
-                return resp
-            err = C.error_for(req.method, req.url, resp.status_code, resp.headers, resp.content)
-            if C.should_retry(req.retry, status=resp.status_code, connect_failure=False) and \
-                    policy.allows(attempt + 1):
-                time.sleep(policy.delay(attempt, C.retry_after_of(err)))
-                continue
-            raise err
+                if not C.should_retry(req.retry, status=None,
+                                      connect_failure=err.connect_failure):
+                    raise
+                error: E.DurableStreamError = err
+            else:
+                if resp.status_code < 400:
+                    return resp
+                error = C.error_for(req.method, req.url, resp.status_code, resp.headers,
+                                    resp.content)
+                if not C.should_retry(req.retry, status=resp.status_code,
+                                      connect_failure=False):
+                    raise error
+            delay = backoff.next_delay(error)
+            if delay is None:
+                raise error
+            self._notify_retry(error, delay)
+            time.sleep(delay)
 
     def _known_content_type(self) -> str:
         if self.content_type is None:
@@ -213,14 +225,16 @@ class DurableStream:
 
     # -- reads -------------------------------------------------------------------------
     def read(self, offset: str = START, *, live: C.LiveMode = None,
-             cursor: str | None = None) -> Reader:
+             cursor: str | None = None, timeout: float | None = None) -> Reader:
         """Read from ``offset`` ('-1', 'now' or a saved offset).
 
         ``live``: None reads what is there and stops; "long-poll" and "sse" follow
         the stream live; "auto" catches up, then follows live. Every mode stops at
-        the end of a closed stream.
+        the end of a closed stream. ``timeout``: the most seconds to wait for each
+        next chunk before ``TimeoutError`` (None: no bound).
         """
-        return Reader(self, C.ReadState(self.url, offset, live, cursor, self.content_type))
+        return Reader(self, C.ReadState(self.url, offset, live, cursor, self.content_type),
+                      timeout)
 
     def read_all(self, offset: str = START) -> bytes:
         """Everything from ``offset`` to the current tail, as bytes."""
@@ -241,32 +255,91 @@ class Reader:
 
     ``offset`` is where to resume after what was delivered so far; ``closed``
     turns true at the stream's end; ``up_to_date`` when the reader had caught up
-    at its last response.
+    at its last response; ``status`` and ``headers`` are those of the last
+    response (a long-poll that timed out is a 204, PROTOCOL.md 5.7).
+
+    The HTTP requests run on a helper thread, one chunk ahead of the caller,
+    so that waiting for the next chunk can be bounded and ended: ``timeout``
+    is the most seconds ``next()`` waits before raising ``TimeoutError`` (the
+    reader stays usable), ``close()`` may be called from any thread and ends
+    the iteration within a fraction of a second, and Ctrl-C interrupts at once.
     """
 
-    def __init__(self, stream: DurableStream, state: C.ReadState) -> None:
+    _POLL = 0.1  # seconds between checks for close() while waiting
+
+    def __init__(self, stream: DurableStream, state: C.ReadState,
+                 timeout: float | None = None) -> None:
+        C.validate_timeout(timeout)
         self._stream = stream
         self._state = state
-        self._gen: Iterator[C.Chunk] | None = None
+        self._timeout = timeout
+        self._queue: queue.Queue[tuple[str, Any, dict[str, Any]]] = queue.Queue(maxsize=1)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._finished = False
+        self._resp: httpx.Response | None = None  # the open SSE response, to abort on close
+        self._view = self._snapshot()
 
-    offset = property(lambda self: self._state.offset)
-    cursor = property(lambda self: self._state.cursor)
-    closed = property(lambda self: self._state.closed)
-    up_to_date = property(lambda self: self._state.up_to_date)
-    content_type = property(lambda self: self._state.content_type)
+    def _snapshot(self) -> dict[str, Any]:
+        s = self._state
+        return {"offset": s.offset, "cursor": s.cursor, "closed": s.closed,
+                "up_to_date": s.up_to_date, "content_type": s.content_type,
+                "status": s.status, "headers": s.headers}
 
-    def __iter__(self) -> Iterator[C.Chunk]:
-        if self._gen is None:
-            self._gen = self._chunks()
-        return self._gen
+    offset = property(lambda self: self._view["offset"])
+    cursor = property(lambda self: self._view["cursor"])
+    closed = property(lambda self: self._view["closed"])
+    up_to_date = property(lambda self: self._view["up_to_date"])
+    content_type = property(lambda self: self._view["content_type"])
+    status = property(lambda self: self._view["status"])
+    headers = property(lambda self: self._view["headers"])
+
+    def __iter__(self) -> Reader:
+        return self
 
     def __next__(self) -> C.Chunk:
-        return next(iter(self))
+        if self._finished or self._stop.is_set():
+            self._finished = True
+            raise StopIteration
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._work, name="duralog-reader",
+                                            daemon=True)
+            self._thread.start()
+        deadline = None if self._timeout is None else time.monotonic() + self._timeout
+        while True:
+            wait = self._POLL
+            if deadline is not None:
+                wait = min(wait, max(deadline - time.monotonic(), 0.0))
+            try:
+                kind, value, view = self._queue.get(timeout=wait)
+            except queue.Empty:
+                if self._stop.is_set():
+                    self._finished = True
+                    raise StopIteration from None
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise TimeoutError(f"no data from {self._stream.url} within "
+                                       f"{self._timeout} s") from None
+                continue
+            self._view = view
+            if kind == "chunk":
+                if value is None:
+                    continue  # a response without data: only the view moved
+                return value
+            self._finished = True
+            if kind == "end":
+                raise StopIteration
+            raise value
 
     def close(self) -> None:
-        """Stop reading and drop the connection."""
-        if self._gen is not None:
-            self._gen.close()  # type: ignore[attr-defined]
+        """Stop reading and drop the connection. Safe from any thread."""
+        self._stop.set()
+        resp = self._resp
+        if resp is not None:
+            # Wake the helper thread out of a blocking socket read (closing the
+            # response from another thread would not).
+            with contextlib.suppress(Exception):
+                sock = resp.extensions["network_stream"].get_extra_info("socket")
+                sock.shutdown(socket.SHUT_RDWR)
 
     def __enter__(self) -> Reader:
         return self
@@ -301,19 +374,41 @@ class Reader:
         for chunk in self:
             yield from chunk.json()
 
-    # -- the loop ----------------------------------------------------------------------------
-    def _chunks(self) -> Iterator[C.Chunk]:
+    # -- the helper thread -------------------------------------------------------------------
+    def _put(self, kind: str, value: Any) -> bool:
+        item = (kind, value, self._snapshot())
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=self._POLL)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _work(self) -> None:
+        try:
+            for chunk in self._chunks():
+                if not self._put("chunk", chunk):
+                    return
+            self._put("end", None)
+        except BaseException as exc:  # handed to the caller's thread
+            if not self._stop.is_set():
+                self._put("error", exc)
+
+    def _chunks(self) -> Iterator[C.Chunk | None]:
+        """Chunks, and None after a response that carried no data."""
         state = self._state
         stream = self._stream
-        policy = stream.retry
-        failures = 0
-        while not state.done:
+        backoff = C.Backoff(stream.retry)
+        while not state.done and not self._stop.is_set():
             req = state.next_request()
             try:
                 if req.stream:
                     for chunk in self._sse(req):
-                        failures = 0
+                        backoff.reset()
                         yield chunk
+                    if self._stop.is_set():
+                        return
                     if not state.on_sse_end() and not state.done:
                         # The server ended the connection without a word: back off.
                         raise E.ConnectionFailed(f"GET {req.url}: SSE ended without events",
@@ -327,18 +422,21 @@ class Reader:
                         chunk = state.on_response(resp.status_code, resp.headers, resp.content)
                     finally:
                         resp.close()
-                    failures = 0
-                    if chunk is not None:
-                        yield chunk
+                    backoff.reset()
+                    yield chunk
                     continue
-                failures = 0
+                backoff.reset()
             except E.DurableStreamError as err:
+                if self._stop.is_set():
+                    return
                 if not err.retryable:
                     raise
-                failures += 1
-                if not policy.allows(failures + 1):
+                delay = backoff.next_delay(err)
+                if delay is None:
                     raise
-                time.sleep(policy.delay(failures, C.retry_after_of(err)))
+                stream._notify_retry(err, delay)
+                if self._stop.wait(delay):
+                    return
 
     def _sse(self, req: C.Request) -> Iterator[C.Chunk]:
         state = self._state
@@ -347,6 +445,7 @@ class Reader:
             # text) depends on the stream's own type, so learn it once (5.5).
             state.content_type = self._stream._known_content_type()
         resp = self._stream._exchange(req, stream=True)
+        self._resp = resp
         try:
             if resp.status_code >= 400:
                 resp.read()
@@ -369,6 +468,7 @@ class Reader:
                 raise E.ConnectionFailed(f"GET {req.url}: SSE connection lost: {exc}",
                                          url=req.url, method="GET") from exc
         finally:
+            self._resp = None
             resp.close()
 
 
@@ -382,6 +482,13 @@ class IdempotentProducer:
     the server drops any copy it already has. With ``auto_claim`` a producer
     that lost its epoch (a restart) takes the server's epoch + 1. ``flush``
     waits until everything queued has landed and raises the first failure.
+
+    Messages queued or in flight are bounded by ``max_queue_bytes`` and
+    ``max_queue_items``: at the bound ``append`` blocks until batches land
+    (``on_full="block"``) or raises ``ProducerQueueFull`` (``on_full="raise"``).
+    A batch is retried within ``retry`` (by default for up to a minute); once
+    that budget is spent the producer fails: ``append``, ``flush`` and
+    ``close`` raise the error.
     """
 
     def __init__(self, stream: DurableStream, producer_id: str, *, epoch: int = 0,
@@ -389,13 +496,15 @@ class IdempotentProducer:
                  linger: float = 0.005, max_in_flight: int = 5,
                  content_type: str | None = None,
                  on_error: Callable[[Exception], None] | None = None,
-                 retry: C.RetryPolicy | None = None) -> None:
+                 retry: C.RetryPolicy | None = None, max_queue_bytes: int = 64 << 20,
+                 max_queue_items: int = 100_000, on_full: str = "block") -> None:
         options = C.ProducerOptions(producer_id, epoch, auto_claim, max_batch_bytes, linger,
-                                    max_in_flight)
+                                    max_in_flight, max_queue_bytes, max_queue_items,
+                                    on_full)  # type: ignore[arg-type]
         if retry is not None and not isinstance(retry, C.RetryPolicy):
             raise ValueError("retry must be a RetryPolicy")
         self._stream = stream
-        self._retry = retry or C.RetryPolicy(max_attempts=None, max_delay=5.0)
+        self._retry = retry or C.PRODUCER_RETRY
         self._core = C.ProducerCore(options, content_type or stream._known_content_type())
         self._on_error = on_error
         self._cond = threading.Condition()
@@ -404,6 +513,7 @@ class IdempotentProducer:
         self._forcing = 0
         self._stopping = False
         self._stopped = False
+        self._aborted = threading.Event()  # set when stopping on an exception: no more retries
         self._executor = ThreadPoolExecutor(max_in_flight, thread_name_prefix="duralog-producer")
         self._dispatcher = threading.Thread(target=self._dispatch, name="duralog-producer",
                                             daemon=True)
@@ -426,6 +536,16 @@ class IdempotentProducer:
     def error(self) -> Exception | None:
         return self._error
 
+    @property
+    def sent_messages(self) -> int:
+        """Messages that landed (duplicates the server dropped included once)."""
+        return self._core.sent_messages
+
+    @property
+    def sent_bytes(self) -> int:
+        """Bytes of the messages that landed."""
+        return self._core.sent_bytes
+
     # -- queueing -----------------------------------------------------------------------
     def append(self, data: bytes | str) -> None:
         """Queue bytes (or text); one message of a JSON stream must be JSON text."""
@@ -440,10 +560,24 @@ class IdempotentProducer:
 
     def _add(self, entry: bytes) -> None:
         with self._cond:
-            if self._error is not None:
-                raise self._error
-            if self._stopping:
-                raise RuntimeError("the producer is closed")
+            while True:
+                if self._error is not None:
+                    raise self._error
+                if self._stopping:
+                    raise RuntimeError("the producer is closed")
+                if self._core.has_room(len(entry)):
+                    break
+                if self._core.options.on_full == "raise":
+                    raise E.ProducerQueueFull(
+                        f"producer queue full ({self._core.queued_items} messages, "
+                        f"{self._core.queued_bytes} bytes not yet landed)", url=self._stream.url)
+                # Full: send what is queued now, and wait for batches to land.
+                self._forcing += 1
+                self._cond.notify_all()
+                try:
+                    self._cond.wait(0.5)
+                finally:
+                    self._forcing -= 1
             self._core.add(entry, time.monotonic())
             self._cond.notify_all()
 
@@ -475,6 +609,9 @@ class IdempotentProducer:
                      json: Any = C.MISSING_JSON) -> C.AppendResult:
         """Flush, then close the stream with producer headers, optionally appending
         a final message in the same step (5.2.1 closure); the producer stops."""
+        if self._core.closed_result is not None:
+            # Our close already landed: the same answer, nothing sent (5.2.1 closure).
+            return self._core.closed_result
         try:
             self.flush()
             if json is not C.MISSING_JSON:
@@ -495,7 +632,15 @@ class IdempotentProducer:
         if exc_type is None:
             self.close()
         else:
-            self._stop()
+            self.abort()
+
+    def abort(self) -> None:
+        """Stop at once: messages not yet landed are dropped, retries end (Ctrl-C)."""
+        with self._cond:
+            if self._error is None:
+                self._error = RuntimeError("the producer was aborted")
+        self._aborted.set()
+        self._stop()
 
     def _stop(self) -> None:
         with self._cond:
@@ -535,7 +680,7 @@ class IdempotentProducer:
         """Send one batch until it lands or fails for good; keeps in-flight counts."""
         core = self._core
         stream = self._stream
-        failures = 0
+        backoff = C.Backoff(self._retry)
         try:
             while True:
                 with self._cond:
@@ -553,6 +698,7 @@ class IdempotentProducer:
                     assert outcome.result is not None
                     with self._cond:
                         core.landed(batch, outcome.result)
+                        core.release(batch)
                         self._in_flight -= 1
                         self._cond.notify_all()
                     return outcome.result
@@ -566,17 +712,20 @@ class IdempotentProducer:
                         if self._error is not None:
                             raise self._error
                     continue
-                if outcome.kind == "retry":
-                    failures += 1
-                    if self._retry.allows(failures + 1):
-                        time.sleep(self._retry.delay(failures, outcome.retry_after))
-                        continue
+                if outcome.kind == "retry" and not self._aborted.is_set():
+                    assert outcome.error is not None
+                    delay = backoff.next_delay(outcome.error)
+                    if delay is not None:
+                        stream._notify_retry(outcome.error, delay)
+                        if not self._aborted.wait(delay):
+                            continue
                 assert outcome.error is not None
                 raise outcome.error
         except Exception as exc:
             with self._cond:
                 if self._error is None:
                     self._error = exc
+                core.release(batch)
                 self._in_flight -= 1
                 self._cond.notify_all()
             raise
