@@ -1,7 +1,8 @@
-"""The blocking client: ``DurableStream``, its ``Reader`` and ``IdempotentProducer``.
+"""The blocking client: ``DurableStream`` and its ``Reader``.
 
 All protocol decisions come from ``_core``; this module only does I/O on an
-``httpx.Client``, sleeps between retries, and runs producer batches on threads.
+``httpx.Client``, sleeps between retries, and runs a reader's requests on a
+helper thread. The producer is in ``_sync_producer``.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
 from typing import Any
 
@@ -23,6 +23,7 @@ from ..protocol.offsets import START
 from ..protocol.sse_reader import SSEReader
 from . import _core as C
 from . import errors as E
+from ._sync_producer import IdempotentProducer
 
 HeaderValue = str | Callable[[], str | None] | None
 ValueSource = Mapping[str, HeaderValue] | Callable[[], Mapping[str, str | None]] | None
@@ -263,28 +264,19 @@ class Reader:
     is the most seconds ``next()`` waits before raising ``TimeoutError`` (the
     reader stays usable), ``close()`` may be called from any thread and ends
     the iteration within a fraction of a second, and Ctrl-C interrupts at once.
+    A reader dropped without ``close()`` stops its thread when it is collected.
     """
-
-    _POLL = 0.1  # seconds between checks for close() while waiting
 
     def __init__(self, stream: DurableStream, state: C.ReadState,
                  timeout: float | None = None) -> None:
         C.validate_timeout(timeout)
         self._stream = stream
-        self._state = state
         self._timeout = timeout
-        self._queue: queue.Queue[tuple[str, Any, dict[str, Any]]] = queue.Queue(maxsize=1)
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        # The helper thread holds the pump, never the reader, so an abandoned
+        # reader is collected and its __del__ stops the thread.
+        self._pump = _ReadPump(stream, state)
         self._finished = False
-        self._resp: httpx.Response | None = None  # the open SSE response, to abort on close
-        self._view = self._snapshot()
-
-    def _snapshot(self) -> dict[str, Any]:
-        s = self._state
-        return {"offset": s.offset, "cursor": s.cursor, "closed": s.closed,
-                "up_to_date": s.up_to_date, "content_type": s.content_type,
-                "status": s.status, "headers": s.headers}
+        self._view = self._pump.snapshot()
 
     offset = property(lambda self: self._view["offset"])
     cursor = property(lambda self: self._view["cursor"])
@@ -298,22 +290,20 @@ class Reader:
         return self
 
     def __next__(self) -> C.Chunk:
-        if self._finished or self._stop.is_set():
+        pump = self._pump
+        if self._finished or pump.stopped.is_set():
             self._finished = True
             raise StopIteration
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._work, name="duralog-reader",
-                                            daemon=True)
-            self._thread.start()
+        pump.start()
         deadline = None if self._timeout is None else time.monotonic() + self._timeout
         while True:
-            wait = self._POLL
+            wait = _POLL
             if deadline is not None:
                 wait = min(wait, max(deadline - time.monotonic(), 0.0))
             try:
-                kind, value, view = self._queue.get(timeout=wait)
+                kind, value, view = pump.queue.get(timeout=wait)
             except queue.Empty:
-                if self._stop.is_set():
+                if pump.stopped.is_set():
                     self._finished = True
                     raise StopIteration from None
                 if deadline is not None and time.monotonic() >= deadline:
@@ -332,14 +322,11 @@ class Reader:
 
     def close(self) -> None:
         """Stop reading and drop the connection. Safe from any thread."""
-        self._stop.set()
-        resp = self._resp
-        if resp is not None:
-            # Wake the helper thread out of a blocking socket read (closing the
-            # response from another thread would not).
-            with contextlib.suppress(Exception):
-                sock = resp.extensions["network_stream"].get_extra_info("socket")
-                sock.shutdown(socket.SHUT_RDWR)
+        self._pump.stop()
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            self._pump.stop()
 
     def __enter__(self) -> Reader:
         return self
@@ -374,40 +361,75 @@ class Reader:
         for chunk in self:
             yield from chunk.json()
 
-    # -- the helper thread -------------------------------------------------------------------
-    def _put(self, kind: str, value: Any) -> bool:
-        item = (kind, value, self._snapshot())
-        while not self._stop.is_set():
+
+_POLL = 0.1  # seconds between checks for close() while a reader waits
+
+
+class _ReadPump:
+    """A reader's helper thread: does the requests, hands chunks over a queue of one."""
+
+    def __init__(self, stream: DurableStream, state: C.ReadState) -> None:
+        self.stream = stream
+        self.state = state
+        self.queue: queue.Queue[tuple[str, Any, dict[str, Any]]] = queue.Queue(maxsize=1)
+        self.stopped = threading.Event()
+        self.thread: threading.Thread | None = None
+        self.resp: httpx.Response | None = None  # the open SSE response, to abort on stop
+
+    def snapshot(self) -> dict[str, Any]:
+        s = self.state
+        return {"offset": s.offset, "cursor": s.cursor, "closed": s.closed,
+                "up_to_date": s.up_to_date, "content_type": s.content_type,
+                "status": s.status, "headers": s.headers}
+
+    def start(self) -> None:
+        if self.thread is None:
+            self.thread = threading.Thread(target=self.run, name="duralog-reader", daemon=True)
+            self.thread.start()
+
+    def stop(self) -> None:
+        self.stopped.set()
+        resp = self.resp
+        if resp is not None:
+            # Wake the thread out of a blocking socket read (closing the response
+            # from another thread would not).
+            with contextlib.suppress(Exception):
+                sock = resp.extensions["network_stream"].get_extra_info("socket")
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def put(self, kind: str, value: Any) -> bool:
+        item = (kind, value, self.snapshot())
+        while not self.stopped.is_set():
             try:
-                self._queue.put(item, timeout=self._POLL)
+                self.queue.put(item, timeout=_POLL)
                 return True
             except queue.Full:
                 continue
         return False
 
-    def _work(self) -> None:
+    def run(self) -> None:
         try:
-            for chunk in self._chunks():
-                if not self._put("chunk", chunk):
+            for chunk in self.chunks():
+                if not self.put("chunk", chunk):
                     return
-            self._put("end", None)
+            self.put("end", None)
         except BaseException as exc:  # handed to the caller's thread
-            if not self._stop.is_set():
-                self._put("error", exc)
+            if not self.stopped.is_set():
+                self.put("error", exc)
 
-    def _chunks(self) -> Iterator[C.Chunk | None]:
+    def chunks(self) -> Iterator[C.Chunk | None]:
         """Chunks, and None after a response that carried no data."""
-        state = self._state
-        stream = self._stream
+        state = self.state
+        stream = self.stream
         backoff = C.Backoff(stream.retry)
-        while not state.done and not self._stop.is_set():
+        while not state.done and not self.stopped.is_set():
             req = state.next_request()
             try:
                 if req.stream:
-                    for chunk in self._sse(req):
+                    for chunk in self.sse(req):
                         backoff.reset()
                         yield chunk
-                    if self._stop.is_set():
+                    if self.stopped.is_set():
                         return
                     if not state.on_sse_end() and not state.done:
                         # The server ended the connection without a word: back off.
@@ -427,7 +449,7 @@ class Reader:
                     continue
                 backoff.reset()
             except E.DurableStreamError as err:
-                if self._stop.is_set():
+                if self.stopped.is_set():
                     return
                 if not err.retryable:
                     raise
@@ -435,17 +457,17 @@ class Reader:
                 if delay is None:
                     raise
                 stream._notify_retry(err, delay)
-                if self._stop.wait(delay):
+                if self.stopped.wait(delay):
                     return
 
-    def _sse(self, req: C.Request) -> Iterator[C.Chunk]:
-        state = self._state
+    def sse(self, req: C.Request) -> Iterator[C.Chunk]:
+        state = self.state
         if state.content_type is None:
             # SSE answers text/event-stream; how to frame the data (JSON arrays or
             # text) depends on the stream's own type, so learn it once (5.5).
-            state.content_type = self._stream._known_content_type()
-        resp = self._stream._exchange(req, stream=True)
-        self._resp = resp
+            state.content_type = self.stream._known_content_type()
+        resp = self.stream._exchange(req, stream=True)
+        self.resp = resp
         try:
             if resp.status_code >= 400:
                 resp.read()
@@ -468,264 +490,5 @@ class Reader:
                 raise E.ConnectionFailed(f"GET {req.url}: SSE connection lost: {exc}",
                                          url=req.url, method="GET") from exc
         finally:
-            self._resp = None
+            self.resp = None
             resp.close()
-
-
-class IdempotentProducer:
-    """Fire-and-forget appends, batched, pipelined and deduplicated (PROTOCOL.md 5.2.1).
-
-    ``append`` queues a message and returns at once. Messages are sent in
-    batches when ``max_batch_bytes`` is reached or ``linger`` seconds passed;
-    up to ``max_in_flight`` batches travel at once, each with its own
-    Producer-Seq. Failed batches are retried with the same (id, epoch, seq), so
-    the server drops any copy it already has. With ``auto_claim`` a producer
-    that lost its epoch (a restart) takes the server's epoch + 1. ``flush``
-    waits until everything queued has landed and raises the first failure.
-
-    Messages queued or in flight are bounded by ``max_queue_bytes`` and
-    ``max_queue_items``: at the bound ``append`` blocks until batches land
-    (``on_full="block"``) or raises ``ProducerQueueFull`` (``on_full="raise"``).
-    A batch is retried within ``retry`` (by default for up to a minute); once
-    that budget is spent the producer fails: ``append``, ``flush`` and
-    ``close`` raise the error.
-    """
-
-    def __init__(self, stream: DurableStream, producer_id: str, *, epoch: int = 0,
-                 auto_claim: bool = False, max_batch_bytes: int = 1 << 20,
-                 linger: float = 0.005, max_in_flight: int = 5,
-                 content_type: str | None = None,
-                 on_error: Callable[[Exception], None] | None = None,
-                 retry: C.RetryPolicy | None = None, max_queue_bytes: int = 64 << 20,
-                 max_queue_items: int = 100_000, on_full: str = "block") -> None:
-        options = C.ProducerOptions(producer_id, epoch, auto_claim, max_batch_bytes, linger,
-                                    max_in_flight, max_queue_bytes, max_queue_items,
-                                    on_full)  # type: ignore[arg-type]
-        if retry is not None and not isinstance(retry, C.RetryPolicy):
-            raise ValueError("retry must be a RetryPolicy")
-        self._stream = stream
-        self._retry = retry or C.PRODUCER_RETRY
-        self._core = C.ProducerCore(options, content_type or stream._known_content_type())
-        self._on_error = on_error
-        self._cond = threading.Condition()
-        self._in_flight = 0
-        self._error: Exception | None = None
-        self._forcing = 0
-        self._stopping = False
-        self._stopped = False
-        self._aborted = threading.Event()  # set when stopping on an exception: no more retries
-        self._executor = ThreadPoolExecutor(max_in_flight, thread_name_prefix="duralog-producer")
-        self._dispatcher = threading.Thread(target=self._dispatch, name="duralog-producer",
-                                            daemon=True)
-        self._dispatcher.start()
-
-    @property
-    def epoch(self) -> int:
-        return self._core.epoch
-
-    @property
-    def next_seq(self) -> int:
-        return self._core.next_seq
-
-    @property
-    def last_offset(self) -> str | None:
-        """The largest Stream-Next-Offset an accepted batch returned."""
-        return self._core.last_offset
-
-    @property
-    def error(self) -> Exception | None:
-        return self._error
-
-    @property
-    def sent_messages(self) -> int:
-        """Messages that landed (duplicates the server dropped included once)."""
-        return self._core.sent_messages
-
-    @property
-    def sent_bytes(self) -> int:
-        """Bytes of the messages that landed."""
-        return self._core.sent_bytes
-
-    # -- queueing -----------------------------------------------------------------------
-    def append(self, data: bytes | str) -> None:
-        """Queue bytes (or text); one message of a JSON stream must be JSON text."""
-        entry = C.encode_body(data)
-        if not entry:
-            raise ValueError("cannot append an empty message")
-        self._add(entry)
-
-    def append_json(self, value: Any) -> None:
-        """Queue one JSON value as one message."""
-        self._add(C.dumps_json(value))
-
-    def _add(self, entry: bytes) -> None:
-        with self._cond:
-            while True:
-                if self._error is not None:
-                    raise self._error
-                if self._stopping:
-                    raise RuntimeError("the producer is closed")
-                if self._core.has_room(len(entry)):
-                    break
-                if self._core.options.on_full == "raise":
-                    raise E.ProducerQueueFull(
-                        f"producer queue full ({self._core.queued_items} messages, "
-                        f"{self._core.queued_bytes} bytes not yet landed)", url=self._stream.url)
-                # Full: send what is queued now, and wait for batches to land.
-                self._forcing += 1
-                self._cond.notify_all()
-                try:
-                    self._cond.wait(0.5)
-                finally:
-                    self._forcing -= 1
-            self._core.add(entry, time.monotonic())
-            self._cond.notify_all()
-
-    def flush(self, timeout: float | None = None) -> None:
-        """Send everything queued and wait until it landed; raise the first failure."""
-        with self._cond:
-            self._forcing += 1
-            self._cond.notify_all()
-            try:
-                done = self._cond.wait_for(
-                    lambda: self._error is not None
-                    or (not self._core.pending and self._in_flight == 0), timeout)
-            finally:
-                self._forcing -= 1
-            if self._error is not None:
-                raise self._error
-            if not done:
-                raise TimeoutError("producer flush timed out")
-
-    def close(self) -> None:
-        """Flush, then stop the producer's threads (the stream stays open)."""
-        try:
-            if not self._stopped:
-                self.flush()
-        finally:
-            self._stop()
-
-    def close_stream(self, final: bytes | str | None = None, *,
-                     json: Any = C.MISSING_JSON) -> C.AppendResult:
-        """Flush, then close the stream with producer headers, optionally appending
-        a final message in the same step (5.2.1 closure); the producer stops."""
-        if self._core.closed_result is not None:
-            # Our close already landed: the same answer, nothing sent (5.2.1 closure).
-            return self._core.closed_result
-        try:
-            self.flush()
-            if json is not C.MISSING_JSON:
-                entry: bytes | None = C.dumps_json(json)
-            else:
-                entry = None if final is None else C.encode_body(final)
-            with self._cond:
-                batch = self._core.close_batch(entry)
-                self._in_flight += 1
-            return self._deliver(batch)
-        finally:
-            self._stop()
-
-    def __enter__(self) -> IdempotentProducer:
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, *rest: object) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
-
-    def abort(self) -> None:
-        """Stop at once: messages not yet landed are dropped, retries end (Ctrl-C)."""
-        with self._cond:
-            if self._error is None:
-                self._error = RuntimeError("the producer was aborted")
-        self._aborted.set()
-        self._stop()
-
-    def _stop(self) -> None:
-        with self._cond:
-            self._stopping = True
-            self._cond.notify_all()
-        self._dispatcher.join()
-        self._executor.shutdown(wait=True)
-        self._stopped = True
-
-    # -- threads ---------------------------------------------------------------------------
-    def _dispatch(self) -> None:
-        core = self._core
-        with self._cond:
-            while True:
-                now = time.monotonic()
-                can = core.can_dispatch(self._in_flight)
-                if self._error is None and can and core.ready(
-                        now, self._forcing > 0 or self._stopping):
-                    batch = core.take_batch()
-                    self._in_flight += 1
-                    self._executor.submit(self._run_batch, batch)
-                    continue
-                if self._stopping and self._in_flight == 0 and (
-                        not core.pending or self._error is not None):
-                    return
-                wait = core.linger_left(now) if can and self._error is None else None
-                self._cond.wait(wait)
-
-    def _run_batch(self, batch: C.Batch) -> None:
-        try:
-            self._deliver(batch)
-        except Exception as exc:
-            if self._on_error is not None:
-                self._on_error(exc)
-
-    def _deliver(self, batch: C.Batch) -> C.AppendResult:
-        """Send one batch until it lands or fails for good; keeps in-flight counts."""
-        core = self._core
-        stream = self._stream
-        backoff = C.Backoff(self._retry)
-        try:
-            while True:
-                with self._cond:
-                    req = core.request(stream.url, batch)
-                    batch.transmissions += 1
-                try:
-                    resp = stream._exchange(req)
-                except E.ConnectionFailed as err:
-                    outcome = C.Outcome("retry", error=err)
-                else:
-                    with self._cond:
-                        outcome = core.outcome(batch, resp.status_code, resp.headers,
-                                               resp.content, stream.url)
-                if outcome.kind == "ok":
-                    assert outcome.result is not None
-                    with self._cond:
-                        core.landed(batch, outcome.result)
-                        core.release(batch)
-                        self._in_flight -= 1
-                        self._cond.notify_all()
-                    return outcome.result
-                if outcome.kind == "claim":
-                    continue
-                if outcome.kind == "wait":
-                    with self._cond:
-                        epoch = batch.epoch
-                        self._cond.wait_for(lambda e=epoch, w=outcome.wait_for:
-                                            self._error is not None or core.landed_all(e, w))
-                        if self._error is not None:
-                            raise self._error
-                    continue
-                if outcome.kind == "retry" and not self._aborted.is_set():
-                    assert outcome.error is not None
-                    delay = backoff.next_delay(outcome.error)
-                    if delay is not None:
-                        stream._notify_retry(outcome.error, delay)
-                        if not self._aborted.wait(delay):
-                            continue
-                assert outcome.error is not None
-                raise outcome.error
-        except Exception as exc:
-            with self._cond:
-                if self._error is None:
-                    self._error = exc
-                core.release(batch)
-                self._in_flight -= 1
-                self._cond.notify_all()
-            raise
