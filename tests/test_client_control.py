@@ -164,3 +164,25 @@ def test_producer_queue_bound_raises_when_told(url: str) -> None:
         stream.producer("x", on_full="drop")
     with pytest.raises(ValueError):
         stream.producer("x", max_queue_bytes=0)
+
+
+def test_a_dropped_live_reader_stops_its_thread(url: str) -> None:
+    import gc
+
+    stream = DurableStream(url)
+    stream.create(content_type="text/plain", body="x")
+
+    def helpers() -> int:
+        return sum(t.name == "duralog-reader" and t.is_alive() for t in threading.enumerate())
+
+    before = helpers()
+    reader = stream.read(live="sse")
+    assert next(reader).data == b"x"  # now waiting live on an idle stream
+    assert helpers() == before + 1
+    del reader
+    gc.collect()
+    for _ in range(100):  # generous: the thread notices within a poll interval
+        if helpers() == before:
+            break
+        threading.Event().wait(0.1)
+    assert helpers() == before
