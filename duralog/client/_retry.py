@@ -146,7 +146,6 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
-
 def retry_after_of(error: E.DurableStreamError) -> float | None:
     if error.status in (429, 503):
         return parse_retry_after(error.headers.get("retry-after"))

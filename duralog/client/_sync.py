@@ -192,9 +192,11 @@ class DurableStream:
                content_type: str | None = None) -> C.AppendResult:
         """POST bytes (PROTOCOL.md 5.2); ``close=True`` appends and closes atomically.
 
-        Plain appends are not idempotent: after a connection cut that may have
-        reached the server they are not retried. Use ``producer()`` for appends
-        that are retried safely.
+        A plain append is retried when the server cannot have applied it (no
+        connection made; 429, 500 or 503, which duralog answers before any write
+        commits). After a connection cut once the request went out, or a 502/504
+        from a proxy, it is not retried: it may have landed. Use ``producer()``
+        for appends that are retried safely in every case.
         """
         body = C.encode_body(data)
         req = C.append_request(self.url, body, close=close, seq=seq,
