@@ -312,3 +312,9 @@ def test_serve_argument_errors() -> None:
                    timeout=30)
     assert port.returncode == 2
     assert "DURALOG_PORT='4k'" in one_line(port.stderr)
+
+
+def test_ls_on_a_server_without_a_registry_says_so(ref_server: ServerProcess) -> None:
+    done = duralog(ref_server, "ls")
+    assert done.returncode == 1
+    assert "keeps no stream registry" in one_line(done.stderr)

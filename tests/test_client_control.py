@@ -186,3 +186,24 @@ def test_a_dropped_live_reader_stops_its_thread(url: str) -> None:
             break
         threading.Event().wait(0.1)
     assert helpers() == before
+
+
+@pytest.mark.parametrize("live", ["long-poll", "sse"])
+def test_ctrl_c_interrupts_a_blocking_live_read_at_once(url: str, live: str) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    DurableStream(url).create(content_type="text/plain")
+    code = (f"from duralog.client import DurableStream\n"
+            f"print('reading', flush=True)\n"
+            f"for chunk in DurableStream({url!r}).read('now', live={live!r}):\n"
+            f"    pass\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stdout.readline() == b"reading\n"
+    threading.Event().wait(1.0)  # inside the live read by now
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=15)  # generous: a stuck read never ends (SSE)
+    assert b"KeyboardInterrupt" in err
+    assert proc.returncode != 0

@@ -365,7 +365,12 @@ def run_ls(args: argparse.Namespace) -> int:
     then ask each for its size (HEAD)."""
     registry = open_stream(args, REGISTRY)
     streams: dict[str, dict[str, Any]] = {}
-    for event in registry.read("-1").json_items():
+    try:
+        events = list(registry.read("-1").json_items())
+    except StreamNotFound:
+        raise DataError(f"this server keeps no stream registry ({registry.url}), so it "
+                        f"cannot list its streams (duralog servers do)") from None
+    for event in events:
         if not isinstance(event, dict) or event.get("type") != "stream":
             continue
         operation = (event.get("headers") or {}).get("operation")
