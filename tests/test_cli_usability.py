@@ -318,3 +318,20 @@ def test_ls_on_a_server_without_a_registry_says_so(ref_server: ServerProcess) ->
     done = duralog(ref_server, "ls")
     assert done.returncode == 1
     assert "keeps no stream registry" in one_line(done.stderr)
+
+
+def test_a_busy_server_is_retried_and_announced(memory_server: ServerProcess) -> None:
+    s = name()
+    duralog(memory_server, "create", s, "--content-type", "text/plain")
+    busy = (b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 9\r\n"
+            b"connection: close\r\n\r\nstarting\n")
+    proxy = ChaosProxy(memory_server.port, reject=busy, reject_count=2)
+    try:
+        status, text = run_on_pty(["write", s, "hello", "--url", proxy.url], QUICK)
+        assert status == 0, text
+        assert "the server answered 503" in text  # the first request is a HEAD: no body
+        assert "retrying for up to 1.5 s" in text
+        assert len(proxy.rejections) == 2
+    finally:
+        proxy.stop()
+    assert duralog(memory_server, "read", s).stdout == b"hello"  # once

@@ -138,11 +138,15 @@ class RetryNotice:
         if self.shown or not self.enabled:
             return
         self.shown = True
-        what = error.reason if isinstance(error, DurableStreamError) and error.reason else (
-            str(error).rpartition(": ")[2] or type(error).__name__)
+        status = error.status if isinstance(error, DurableStreamError) else None
+        if status is not None:
+            reason = getattr(error, "reason", "") or "busy"
+            what = f"the server answered {status}: {reason}"
+        else:
+            what = f"no answer yet: {str(error).rpartition(': ')[2] or type(error).__name__}"
         budget = retry_policy().max_elapsed
-        print(f"duralog {self.command}: no answer yet ({what}); retrying for up to "
-              f"{budget:g} s, Ctrl-C to stop", file=sys.stderr, flush=True)
+        print(f"duralog {self.command}: {what}; retrying for up to {budget:g} s, "
+              f"Ctrl-C to stop", file=sys.stderr, flush=True)
 
 
 def open_stream(args: argparse.Namespace, name: str) -> DurableStream:
