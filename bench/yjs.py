@@ -20,7 +20,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import os
 import random
+import resource
 import statistics
 import time
 import uuid
@@ -28,7 +30,7 @@ from typing import Any
 
 import httpx
 
-from .scenarios import Config, Sample
+from .scenarios import Config, Sample, _CpuWatch
 from .targets import ROOT, Target
 
 EDITORS = 100
@@ -299,8 +301,16 @@ def yjs(t: Target, cfg: Config, rnd: int) -> list[Sample]:
         return []
     root = t.url.rstrip("/")
     out: list[Sample] = []
+    watch = _CpuWatch(t)
+    cpu0 = resource.getrusage(resource.RUSAGE_SELF)
+    t0 = time.monotonic()
     ed = asyncio.run(_editors(root, cfg.quick))
+    cpu1 = resource.getrusage(resource.RUSAGE_SELF)
     info = {k: v for k, v in ed.items() if k not in ("p50", "p99")}
+    info["server_cpu_pct"] = watch.pct()
+    info["client_cpu_pct"] = round(100 * (cpu1.ru_utime + cpu1.ru_stime - cpu0.ru_utime
+                                          - cpu0.ru_stime) / (time.monotonic() - t0), 1)
+    info["loadavg"] = os.getloadavg()[0]
     n = ed["editors"]
     out.append(Sample("yjs", f"{n} editors: delivery p50", "ms", False, ed["p50"], info))
     out.append(Sample("yjs", f"{n} editors: delivery p99", "ms", False, ed["p99"], info))

@@ -26,6 +26,8 @@ from ..protocol.state import StreamState
 from ..store import Store
 from .asgi import Headers, Receive, Responder, Send, YjsError
 
+_SHARED_EVENT_BYTES = 8 << 20  # most bytes of encoded SSE events kept for sharing
+
 
 @dataclass(slots=True)
 class ReadSettings:
@@ -108,6 +110,8 @@ class StreamReader:
         self.responder = responder
         self.settings = settings
         self.closing = closing
+        self._events: dict[tuple[int, int, int], tuple[bytes, int]] = {}
+        self._event_bytes = 0
 
     def _current(self, path: str, stream_id: int) -> StreamState | None:
         state = self.store.get(path)
@@ -180,6 +184,27 @@ class StreamReader:
             (b"cache-control", b"no-store"),
         ])
 
+    async def _data_event(self, state: StreamState, pos: int) -> tuple[bytes, int]:
+        """The SSE data event from ``pos`` and the position after it.
+
+        Every editor following a document asks for the same event after an append,
+        so it is read and base64-encoded once and shared (fan-out is a wake-up, not
+        a copy per reader); the control event after it is each reader's own.
+        """
+        key = (state.id, pos, state.tail)
+        hit = self._events.get(key)
+        if hit is not None:
+            return hit
+        chunk = await self.store.read(state, pos, self.settings.chunk_size, whole=True)
+        payload = base64.b64encode(b"".join(chunk.parts)).decode("ascii")
+        result = (sse.data_event(payload), chunk.next_pos)
+        self._event_bytes += len(result[0])
+        if self._event_bytes > _SHARED_EVENT_BYTES:
+            self._events.clear()
+            self._event_bytes = len(result[0])
+        self._events[key] = result
+        return result
+
     async def _sse(self, send: Send, receive: Receive, state: StreamState, pos: int,
                    client_cursor: str | None) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": [
@@ -202,11 +227,9 @@ class StreamReader:
                     break  # deleted: end the stream; a reconnect gets 404
                 state = current
                 if pos < state.tail:
-                    chunk = await self.store.read(state, pos, self.settings.chunk_size, whole=True)
-                    pos = chunk.next_pos
-                    payload = base64.b64encode(b"".join(chunk.parts)).decode("ascii")
+                    data_event, pos = await self._data_event(state, pos)
                     await send({"type": "http.response.body", "more_body": True,
-                                "body": sse.data_event(payload) + sse.control_event(
+                                "body": data_event + sse.control_event(
                                     format_offset(pos),
                                     cursor=cursors.next_cursor(client_cursor),
                                     up_to_date=pos >= state.tail, closed=False)})
