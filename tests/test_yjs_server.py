@@ -543,3 +543,31 @@ def test_lib0_varuint_examples() -> None:
         read_var_uint(b"\x80", 0)
     with pytest.raises(FramingError):
         split_frames(b"\x05ab")
+
+
+def test_no_yjs_flag_leaves_the_endpoints_out(tmp_path_factory: pytest.TempPathFactory) -> None:
+    from .servers import duralog_server
+
+    log = tmp_path_factory.mktemp("no-yjs") / "server.log"
+    proc = duralog_server("memory", extra=["--no-yjs"], log_path=log).start()
+    try:
+        resp = httpx.put(f"{proc.url}/v1/yjs/svc/docs/a")
+        assert resp.status_code == 404
+        assert "duralog_yjs" not in httpx.get(f"{proc.url}/metrics").text
+    finally:
+        proc.stop()
+
+
+def test_documents_gauge(server: ServerProcess) -> None:
+    def documents() -> float:
+        for line in httpx.get(f"{server.url}/metrics").text.splitlines():
+            if line.startswith("duralog_yjs_documents "):
+                return float(line.split()[-1])
+        raise AssertionError("no duralog_yjs_documents metric")
+
+    before = documents()
+    url = doc_url(server)
+    httpx.put(url)
+    assert documents() == before + 1
+    httpx.delete(url)
+    assert documents() == before
