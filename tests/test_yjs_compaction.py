@@ -171,3 +171,24 @@ def test_kill_during_compaction_leaves_a_document_that_loads(tmp_path: Path) -> 
         server.stop()
     assert len(index) >= 1, "no compaction ever finished: the test proves nothing"
     print(f"{rounds} kills, {len(index)} compactions finished, {len(acked)} updates acknowledged")
+
+
+def test_idle_documents_are_forgotten_past_the_cache_limit(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import logging
+
+    from duralog.yjs import compaction
+
+    monkeypatch.setattr(compaction, "MAX_CACHED_DOCS", 3)
+
+    async def run() -> None:
+        store = MemoryStore()
+        compactor = Compactor(store, 1 << 20, logging.getLogger("test"))
+        for i in range(7):
+            streams = DocStreams("svc", f"d{i}")
+            state, _ = await store.create(streams.updates, CreateRequest(
+                content_type="application/octet-stream"), None)
+            await compactor.info(streams, state)
+            assert len(compactor.docs) <= 3
+        assert "svc/d6" in compactor.docs
+
+    asyncio.run(run())

@@ -43,6 +43,7 @@ from .paths import DocStreams, doc_of_updates_path, parse_snapshot_key
 from .reads import read_whole
 
 DEFAULT_THRESHOLD = 1 << 20  # 11: 1 MB of updates since the last snapshot
+MAX_CACHED_DOCS = 50_000
 OCTET = "application/octet-stream"
 _JSON = "application/json"
 
@@ -180,6 +181,10 @@ class Compactor:
         if info is not None and info.updates_id == updates.id:
             info.snapshot = snapshot  # in place: a running compaction holds this object
         else:
+            if len(self.docs) >= MAX_CACHED_DOCS:
+                # Forget idle documents (their index tells us again when needed), so
+                # the memory kept does not grow with every document ever touched.
+                self.docs = {k: v for k, v in self.docs.items() if v.task is not None}
             info = DocInfo(updates.id, snapshot)
             self.docs[streams.key] = info
         return info
