@@ -211,3 +211,39 @@ def test_node_and_python_editors_converge(server: ServerProcess, round_no: int) 
         if "provider" in sync_out:
             sync_out["provider"].close()
         loop.close()
+
+
+def test_python_provider_sees_node_presence(server: ServerProcess) -> None:
+    """y-protocols awareness updates from the TypeScript provider decode in pycrdt."""
+    base = f"{server.url}/v1/yjs/svc"
+    doc_id = f"interop/aware-{time.time_ns()}"
+
+    async def run() -> None:
+        doc = pycrdt.Doc()
+        awareness = pycrdt.Awareness(doc)
+        async with AsyncYjsProvider(doc, base, doc_id, awareness=awareness):
+            node = NodeEditor(base, doc_id, 7, 0, "sse", 0)
+            try:
+                await asyncio.to_thread(node.wait_done)
+                await asyncio.sleep(0.5)  # our awareness reader is live from "now"
+                assert node.proc.stdin is not None and node.proc.stdout is not None
+                node.proc.stdin.write('aware {"user": "node-presence", "color": "#f00"}\n')
+                node.proc.stdin.flush()
+                assert (await asyncio.to_thread(node.proc.stdout.readline)).strip() == "ok"
+                deadline = time.monotonic() + 20
+                wanted = {"user": "node-presence", "color": "#f00"}
+                while wanted not in awareness.states.values():
+                    assert time.monotonic() < deadline, awareness.states
+                    await asyncio.sleep(0.05)
+                # And the other way: the Node provider sees ours.
+                awareness.set_local_state({"user": "python-presence"})
+                while True:
+                    dump = await asyncio.to_thread(node.dump)
+                    if {"user": "python-presence"} in dump["others"]:
+                        break
+                    assert time.monotonic() < deadline, dump["others"]
+                    await asyncio.sleep(0.1)
+            finally:
+                await asyncio.to_thread(node.quit)
+
+    asyncio.run(run())

@@ -6,7 +6,8 @@
 // Makes <ops> random edits (text inserts/deletes, map sets/deletes, array
 // inserts/deletes), disconnecting and reconnecting the provider <reconnects>
 // times on the way, prints "done", then answers each "dump" line on stdin with
-// the document as JSON, until "quit".
+// the document as JSON (and each "aware <json>" by setting its awareness state),
+// until "quit".
 import * as Y from "yjs"
 import { Awareness } from "y-protocols/awareness"
 import { YjsProvider } from "@durable-streams/y-durable-streams"
@@ -101,6 +102,9 @@ for await (const line of rl) {
       .map(([, state]) => state)
     console.log(JSON.stringify({ text: text.toString(), map: map.toJSON(), array: array.toJSON(),
       others, errors }))
+  } else if (line.startsWith("aware ")) {
+    awareness.setLocalState(JSON.parse(line.slice(6)))
+    console.log("ok")
   } else if (line === "quit") {
     break
   }
