@@ -216,3 +216,49 @@ def test_changes_the_server_missed_while_gone_are_sent_after_reconnect(tmp_path:
         asyncio.run(run())
     finally:
         server.stop()
+
+
+def test_a_snapshot_gone_before_it_is_read_sends_the_provider_back_to_discovery(
+        server: ServerProcess) -> None:
+    """8.3: the first snapshot read answers 404 SNAPSHOT_NOT_FOUND (as when a newer
+    compaction deleted it in between); the provider asks offset=snapshot again."""
+    doc_id = new_id()
+    url = f"{base(server)}/docs/{doc_id}"
+    httpx.put(url)
+    writer = pycrdt.Doc()
+    text = writer.get("text", type=pycrdt.Text)
+    updates: list[bytes] = []
+    writer.observe(lambda e: updates.append(e.update))
+    for i in range(60):
+        text += f"{i};"
+    from duralog.yjs.framing import frame
+
+    for update in updates:
+        httpx.post(url, content=frame(update), headers={"content-type": "application/octet-stream"})
+    seen: list[str] = []
+
+    class GoneOnce(httpx.AsyncBaseTransport):
+        def __init__(self) -> None:
+            self.inner = httpx.AsyncHTTPTransport()
+
+        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+            offset = request.url.params.get("offset", "")
+            seen.append(offset)
+            if offset.endswith("_snapshot") and seen.count(offset) == 1:
+                return httpx.Response(404, json={"error": {"code": "SNAPSHOT_NOT_FOUND",
+                                                           "message": "Snapshot not found"}})
+            return await self.inner.handle_async_request(request)
+
+    async def run() -> None:
+        for _ in range(200):
+            if "_snapshot" in httpx.get(url, params={"offset": "snapshot"}).headers["location"]:
+                break
+            await asyncio.sleep(0.05)
+        doc = pycrdt.Doc()
+        async with AsyncYjsProvider(doc, base(server), doc_id, transport=GoneOnce(),
+                                    live="long-poll"):
+            assert str(doc.get("text", type=pycrdt.Text)) == str(text)
+        assert seen.count("snapshot") == 2
+        assert any(o.endswith("_snapshot") for o in seen)
+
+    asyncio.run(run())

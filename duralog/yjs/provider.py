@@ -55,7 +55,8 @@ class AsyncYjsProvider:
     def __init__(self, doc: Any, base_url: str, doc_id: str, *, awareness: Any = None,
                  awareness_name: str = "default", live: str = "sse",
                  headers: dict[str, str] | None = None, producer_id: str | None = None,
-                 lock: Any = None, timeout: float = 90.0) -> None:
+                 lock: Any = None, timeout: float = 90.0,
+                 transport: httpx.AsyncBaseTransport | None = None) -> None:
         if live not in ("sse", "long-poll"):
             raise ValueError("live must be 'sse' or 'long-poll'")
         self.doc = doc
@@ -66,6 +67,7 @@ class AsyncYjsProvider:
         self.headers = dict(headers or {})
         self.producer_id = producer_id or f"py-{doc_id}-{doc.client_id}"
         self.timeout = timeout
+        self.transport = transport  # an httpx transport of your own (proxies, TLS, tests)
         self.offset: str | None = None  # where the next read of updates starts
         self.synced = asyncio.Event()
         self.errors: list[Exception] = []
@@ -104,7 +106,8 @@ class AsyncYjsProvider:
             return
         self._loop = asyncio.get_running_loop()
         self.synced.clear()
-        self._client = httpx.AsyncClient(timeout=self.timeout, headers=self.headers)
+        self._client = httpx.AsyncClient(timeout=self.timeout, headers=self.headers,
+                                         transport=self.transport)
         try:
             resp = await self._client.put(self.doc_url, headers={"content-type": OCTET})
             if resp.status_code not in (200, 201, 409):
