@@ -1,0 +1,296 @@
+"""StreamDB and AsyncStreamDB: a state stream followed live as typed tables.
+
+    db = StreamDB("http://127.0.0.1:4437/v1/stream/app", schema, checkpoint="app.db")
+    db.preload()                      # caught up; now followed in the background
+    db.users.get("u1"); db.users.where(team="core"); db.await_txid(txid)
+
+Reads go through the duralog client (catch-up, then live). Each chunk's
+messages are buffered and applied in one step when the reader is up to date
+(tables.StateCore), then the checkpoint is saved, txid waiters are woken and
+change callbacks run. Like the TS StreamDB (src/stream-db.ts), rows are
+validated by their collection's model, the key field is set from the event
+key, unknown types are ignored and ``reset`` empties every table. A malformed
+message stops the DB; ``error`` holds the EventError and waiters get it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from ..client import AsyncDurableStream, DurableStream, LiveMode
+from .checkpoint import StateCheckpoint, open_checkpoint
+from .schema import StateSchema
+from .tables import Change, Rejected, StateCore, Table
+
+CheckpointTarget = str | Path | StateCheckpoint | None
+
+
+class _Base:
+    """What both twins share: tables as attributes, reads, callbacks."""
+
+    _core: StateCore
+    _url: str
+    _checkpoint: StateCheckpoint | None
+
+    def _setup(self, url: str, schema: StateSchema, checkpoint: CheckpointTarget) -> None:
+        self._url = url
+        self.schema = schema
+        self._core = StateCore(schema)
+        self._listeners: list[Callable[[list[Change]], None]] = []
+        self._checkpoint = open_checkpoint(checkpoint)
+        self.error: BaseException | None = None
+        self.ready = False
+        if self._checkpoint is not None:
+            saved = self._checkpoint.load(url)
+            if saved is not None:
+                self._core.restore(*saved)
+        self.resumed_from = self._core.offset
+
+    @property
+    def tables(self) -> dict[str, Table[Any]]:
+        return self._core.tables
+
+    def __getattr__(self, name: str) -> Table[Any]:
+        core = self.__dict__.get("_core")
+        if core is not None and name in core.tables:
+            return core.tables[name]
+        raise AttributeError(name)
+
+    def __getitem__(self, name: str) -> Table[Any]:
+        return self._core.tables[name]
+
+    @property
+    def offset(self) -> str:
+        """The stream offset the tables reflect (after the last applied batch)."""
+        return self._core.offset
+
+    @property
+    def rejected(self) -> list[Rejected]:
+        """Recent changes whose values failed their model (STATE-PROTOCOL.md 7)."""
+        return list(self._core.rejected)
+
+    @property
+    def applied_events(self) -> int:
+        return self._core.applied_events
+
+    def on_change(self, callback: Callable[[list[Change]], None]) -> Callable[[], None]:
+        """``callback(changes)`` after every batch that changed rows. Per
+        collection or per key: ``db.<collection>.on_change(cb, key=...)``."""
+        self._listeners.append(callback)
+        return lambda: self._listeners.remove(callback) if callback in self._listeners else None
+
+    def to_json(self) -> dict[str, dict[str, Any]]:
+        """Every table's rows as JSON values, by collection and key."""
+        return self._core.dump_rows()
+
+    def _take(self, data: bytes, offset: str, up_to_date: bool) -> set[str] | None:
+        """Feed one chunk; returns the txids applied when a batch committed."""
+        items = orjson.loads(data) if data else []
+        result = self._core.receive(items, offset, up_to_date)
+        if result is None:
+            return None
+        changes, txids = result
+        if self._checkpoint is not None:
+            self._checkpoint.save(self._url, self._core, changes)
+        self._core.notify(changes, self._listeners)
+        return txids
+
+
+class StreamDB(_Base):
+    """Follows a state stream in a background thread (see the module docstring).
+
+    ``stream``: a URL or a ``DurableStream`` (its headers, params, retry and
+    timeout are reused by a connection of the DB's own). ``checkpoint``: a path
+    (.db/.sqlite: SQLite, else a JSON file) or a checkpoint object.
+    """
+
+    def __init__(self, stream: str | DurableStream, schema: StateSchema, *,
+                 checkpoint: CheckpointTarget = None, live: LiveMode = "auto") -> None:
+        if isinstance(stream, DurableStream):
+            self._stream = DurableStream(stream.url, headers=stream.headers,
+                                         params=stream.params, retry=stream.retry,
+                                         timeout=stream.timeout)
+        else:
+            self._stream = DurableStream(stream)
+        self._live = live
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self._setup(self._stream.url, schema, checkpoint)
+
+    def sync(self) -> int:
+        """Catch up once in this thread (no live follow); returns events applied."""
+        before = self._core.applied_events
+        for chunk in self._stream.read(self._core.offset):
+            self._take(chunk.data, chunk.offset, chunk.up_to_date)
+        if self._core.pending:
+            self._take(b"", self._core.pending[-1][1], True)
+        with self._cond:
+            self.ready = True
+            self._cond.notify_all()
+        return self._core.applied_events - before
+
+    def start(self) -> None:
+        """Follow the stream live in a background thread (once)."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._follow, name="duralog-streamdb",
+                                            daemon=True)
+            self._thread.start()
+
+    def preload(self, timeout: float | None = None) -> None:
+        """Start following and wait until the tables are caught up."""
+        self.start()
+        self._wait(lambda: self.ready, timeout, "preload")
+
+    def await_txid(self, txid: str, timeout: float = 5.0) -> None:
+        """Wait until a batch carrying ``txid`` is applied (read-your-writes)."""
+        self.start()
+        self._wait(lambda: txid in self._core.seen_txids, timeout, f"txid {txid}")
+
+    def _wait(self, done: Callable[[], bool], timeout: float | None, what: str) -> None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while not done():
+                if self.error is not None:
+                    raise self.error
+                if self._stopping:
+                    raise RuntimeError("the StreamDB is closed")
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    raise TimeoutError(f"timed out waiting for {what}")
+                self._cond.wait(left)
+
+    def _follow(self) -> None:
+        try:
+            reader = self._stream.read(self._core.offset, live=self._live)
+            for chunk in reader:
+                txids = self._take(chunk.data, chunk.offset, chunk.up_to_date)
+                if txids is not None:
+                    with self._cond:
+                        self.ready = True
+                        self._cond.notify_all()
+        except BaseException as exc:
+            if not self._stopping:
+                self.error = exc
+        finally:
+            with self._cond:
+                self._cond.notify_all()
+
+    def close(self) -> None:
+        """Stop following, save a final checkpoint, release connections."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        self._stream.close_client()   # interrupts a blocking live read
+        if self._thread is not None:
+            self._thread.join(10)
+        if self._checkpoint is not None:
+            self._checkpoint.save(self._url, self._core, [], final=True)
+            self._checkpoint.close()
+
+    def __enter__(self) -> StreamDB:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class AsyncStreamDB(_Base):
+    """The asyncio twin of ``StreamDB``: a task follows the stream."""
+
+    def __init__(self, stream: str | AsyncDurableStream, schema: StateSchema, *,
+                 checkpoint: CheckpointTarget = None, live: LiveMode = "auto") -> None:
+        if isinstance(stream, AsyncDurableStream):
+            self._stream = AsyncDurableStream(stream.url, headers=stream.headers,
+                                              params=stream.params, retry=stream.retry,
+                                              timeout=stream.timeout)
+        else:
+            self._stream = AsyncDurableStream(stream)
+        self._live = live
+        self._task: asyncio.Task[None] | None = None
+        self._changed: asyncio.Event | None = None
+        self._stopping = False
+        self._setup(self._stream.url, schema, checkpoint)
+
+    async def sync(self) -> int:
+        """Catch up once (no live follow); returns events applied."""
+        before = self._core.applied_events
+        async for chunk in self._stream.read(self._core.offset):
+            self._take(chunk.data, chunk.offset, chunk.up_to_date)
+        if self._core.pending:
+            self._take(b"", self._core.pending[-1][1], True)
+        self.ready = True
+        self._signal()
+        return self._core.applied_events - before
+
+    def start(self) -> None:
+        if self._task is None:
+            self._changed = asyncio.Event()
+            self._task = asyncio.get_running_loop().create_task(self._follow())
+
+    async def preload(self, timeout: float | None = None) -> None:
+        self.start()
+        await self._wait(lambda: self.ready, timeout, "preload")
+
+    async def await_txid(self, txid: str, timeout: float = 5.0) -> None:
+        self.start()
+        await self._wait(lambda: txid in self._core.seen_txids, timeout, f"txid {txid}")
+
+    def _signal(self) -> None:
+        if self._changed is not None:
+            self._changed.set()
+            self._changed = asyncio.Event()
+
+    async def _wait(self, done: Callable[[], bool], timeout: float | None, what: str) -> None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not done():
+            if self.error is not None:
+                raise self.error
+            if self._stopping:
+                raise RuntimeError("the StreamDB is closed")
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise TimeoutError(f"timed out waiting for {what}")
+            assert self._changed is not None
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), left)
+
+    async def _follow(self) -> None:
+        try:
+            async for chunk in self._stream.read(self._core.offset, live=self._live):
+                if self._take(chunk.data, chunk.offset, chunk.up_to_date) is not None:
+                    self.ready = True
+                    self._signal()
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:
+            if not self._stopping:
+                self.error = exc
+        finally:
+            self._signal()
+
+    async def close(self) -> None:
+        self._stopping = True
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+        self._signal()
+        await self._stream.aclose_client()
+        if self._checkpoint is not None:
+            self._checkpoint.save(self._url, self._core, [], final=True)
+            self._checkpoint.close()
+
+    async def __aenter__(self) -> AsyncStreamDB:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
