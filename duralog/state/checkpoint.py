@@ -25,18 +25,18 @@ from typing import Any, Protocol
 
 import orjson
 
-from .tables import Change, StateCore
+from .tables import AppliedBatch, StateCore
 
-BatchHook = Callable[[list[Change], sqlite3.Connection], None]
+BatchHook = Callable[[AppliedBatch, sqlite3.Connection], None]
 
 
 class StateCheckpoint(Protocol):
     def load(self, stream_url: str) -> tuple[str, dict[str, dict[str, Any]]] | None:
         """(offset, rows by collection and key), or None when nothing is saved."""
 
-    def save(self, stream_url: str, core: StateCore, changes: list[Change],
-             final: bool = False) -> None:
-        """Record ``core``'s offset and rows (``changes`` is what the last batch did)."""
+    def save(self, stream_url: str, core: StateCore, batch: AppliedBatch | None) -> None:
+        """Record ``core``'s offset and rows; ``batch`` is what was just applied
+        (None: a final save on close)."""
 
     def close(self) -> None: ...
 
@@ -53,7 +53,6 @@ class FileStateCheckpoint:
         self.path = Path(path)
         self.interval = interval
         self._last_save = 0.0
-        self._dirty = False
 
     def load(self, stream_url: str) -> tuple[str, dict[str, dict[str, Any]]] | None:
         try:
@@ -63,11 +62,9 @@ class FileStateCheckpoint:
         _check_url(data.get("stream"), stream_url, str(self.path))
         return data["offset"], data["collections"]
 
-    def save(self, stream_url: str, core: StateCore, changes: list[Change],
-             final: bool = False) -> None:
-        self._dirty = True
+    def save(self, stream_url: str, core: StateCore, batch: AppliedBatch | None) -> None:
         now = time.monotonic()
-        if not final and now - self._last_save < self.interval:
+        if batch is not None and now - self._last_save < self.interval:
             return
         with core.lock:   # offset and rows from the same moment
             body = orjson.dumps({"stream": stream_url, "offset": core.offset,
@@ -84,7 +81,6 @@ class FileStateCheckpoint:
             Path(tmp).unlink(missing_ok=True)
             raise
         self._last_save = now
-        self._dirty = False
 
     def close(self) -> None:
         pass
@@ -118,14 +114,13 @@ class SQLiteStateCheckpoint:
             rows.setdefault(collection, {})[key] = orjson.loads(value)
         return meta["offset"], rows
 
-    def save(self, stream_url: str, core: StateCore, changes: list[Change],
-             final: bool = False) -> None:
-        if final:
+    def save(self, stream_url: str, core: StateCore, batch: AppliedBatch | None) -> None:
+        if batch is None:
             return   # every batch is already saved
         conn = self.connection
         conn.execute("BEGIN IMMEDIATE")
         try:
-            for change in changes:
+            for change in batch.changes:
                 if change.operation == "delete":
                     conn.execute("DELETE FROM state_rows WHERE collection = ? AND key = ?",
                                  (change.collection, change.key))
@@ -138,7 +133,7 @@ class SQLiteStateCheckpoint:
             conn.executemany("INSERT OR REPLACE INTO state_meta (name, value) VALUES (?, ?)",
                              [("offset", core.offset), ("stream", stream_url)])
             if self.on_batch is not None:
-                self.on_batch(changes, conn)
+                self.on_batch(batch, conn)
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")

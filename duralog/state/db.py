@@ -55,8 +55,10 @@ class _Base:
         self.resumed_from = self._core.offset
 
     @property
-    def tables(self) -> dict[str, Table[Any]]:
-        return self._core.tables
+    def collections(self) -> dict[str, Table[Any]]:
+        """Tables by collection name (``db["users"]`` too; ``db.users`` when the
+        name is not one of the DB's own attributes)."""
+        return dict(self._core.tables)
 
     def __getattr__(self, name: str) -> Table[Any]:
         core = self.__dict__.get("_core")
@@ -91,17 +93,20 @@ class _Base:
         """Every table's rows as JSON values, by collection and key."""
         return self._core.dump_rows()
 
+    def _read_offset(self) -> str:
+        """Where reading goes on: after the buffered chunks, else after the state."""
+        return self._core.pending[-1][1] if self._core.pending else self._core.offset
+
     def _take(self, data: bytes, offset: str, up_to_date: bool) -> set[str] | None:
         """Feed one chunk; returns the txids applied when a batch committed."""
         items = orjson.loads(data) if data else []
-        result = self._core.receive(items, offset, up_to_date)
-        if result is None:
+        batch = self._core.receive(items, offset, up_to_date)
+        if batch is None:
             return None
-        changes, txids = result
         if self._checkpoint is not None:
-            self._checkpoint.save(self._url, self._core, changes)
-        self._core.notify(changes, self._listeners)
-        return txids
+            self._checkpoint.save(self._url, self._core, batch)
+        self._core.notify(batch.changes, self._listeners)
+        return set(batch.txids)
 
 
 class StreamDB(_Base):
@@ -129,14 +134,22 @@ class StreamDB(_Base):
     def sync(self) -> int:
         """Catch up once in this thread (no live follow); returns events applied."""
         before = self._core.applied_events
-        for chunk in self._stream.read(self._core.offset):
-            self._take(chunk.data, chunk.offset, chunk.up_to_date)
-        if self._core.pending:
-            self._take(b"", self._core.pending[-1][1], True)
+        self._catch_up()
+        return self._core.applied_events - before
+
+    def _catch_up(self) -> bool:
+        """Read to the tail and apply; returns whether the stream is closed.
+
+        A catch-up read ends exactly when the server said up-to-date, even when
+        that last answer was empty (the client yields no empty chunks)."""
+        reader = self._stream.read(self._read_offset())
+        for chunk in reader:
+            self._feed(chunk.data, chunk.offset, chunk.up_to_date)
+        self._flush()
         with self._cond:
             self.ready = True
             self._cond.notify_all()
-        return self._core.applied_events - before
+        return bool(reader.closed)
 
     def start(self) -> None:
         """Follow the stream live in a background thread (once)."""
@@ -170,19 +183,46 @@ class StreamDB(_Base):
 
     def _follow(self) -> None:
         try:
-            reader = self._stream.read(self._core.offset, live=self._live)
-            for chunk in reader:
-                txids = self._take(chunk.data, chunk.offset, chunk.up_to_date)
-                if txids is not None:
-                    with self._cond:
-                        self.ready = True
-                        self._cond.notify_all()
+            while not self._stopping:
+                if self._catch_up():
+                    return                      # closed, and everything applied
+                if self._live in ("sse", "auto"):
+                    # SSE control events carry upToDate with the data they follow.
+                    for chunk in self._stream.read(self._read_offset(), live="sse"):
+                        self._feed(chunk.data, chunk.offset, chunk.up_to_date)
+                    self._flush()
+                    return
+                # Long-poll: wait for the next data, then catch up from there.
+                reader = self._stream.read(self._read_offset(), live="long-poll")
+                try:
+                    chunk = next(iter(reader), None)
+                finally:
+                    reader.close()
+                if chunk is not None:
+                    self._feed(chunk.data, chunk.offset, chunk.up_to_date)
         except BaseException as exc:
             if not self._stopping:
                 self.error = exc
         finally:
             with self._cond:
                 self._cond.notify_all()
+
+    def _feed(self, data: bytes, offset: str, up_to_date: bool) -> None:
+        if self._take(data, offset, up_to_date) is not None:
+            with self._cond:
+                self._cond.notify_all()
+
+    def _flush(self) -> None:
+        if self._core.pending:
+            self._feed(b"", self._core.pending[-1][1], True)
+
+    def join(self, timeout: float | None = None) -> None:
+        """Wait until following ends: the stream was closed and fully applied
+        (or the DB failed: ``error``)."""
+        if self._thread is not None:
+            self._thread.join(timeout)
+        if self.error is not None:
+            raise self.error
 
     def close(self) -> None:
         """Stop following, save a final checkpoint, release connections."""
@@ -193,7 +233,7 @@ class StreamDB(_Base):
         if self._thread is not None:
             self._thread.join(10)
         if self._checkpoint is not None:
-            self._checkpoint.save(self._url, self._core, [], final=True)
+            self._checkpoint.save(self._url, self._core, None)
             self._checkpoint.close()
 
     def __enter__(self) -> StreamDB:
@@ -223,13 +263,25 @@ class AsyncStreamDB(_Base):
     async def sync(self) -> int:
         """Catch up once (no live follow); returns events applied."""
         before = self._core.applied_events
-        async for chunk in self._stream.read(self._core.offset):
-            self._take(chunk.data, chunk.offset, chunk.up_to_date)
-        if self._core.pending:
-            self._take(b"", self._core.pending[-1][1], True)
+        await self._catch_up()
+        return self._core.applied_events - before
+
+    async def _catch_up(self) -> bool:
+        reader = self._stream.read(self._read_offset())
+        async for chunk in reader:
+            self._feed(chunk.data, chunk.offset, chunk.up_to_date)
+        self._flush()
         self.ready = True
         self._signal()
-        return self._core.applied_events - before
+        return bool(reader.closed)
+
+    def _feed(self, data: bytes, offset: str, up_to_date: bool) -> None:
+        if self._take(data, offset, up_to_date) is not None:
+            self._signal()
+
+    def _flush(self) -> None:
+        if self._core.pending:
+            self._feed(b"", self._core.pending[-1][1], True)
 
     def start(self) -> None:
         if self._task is None:
@@ -265,10 +317,21 @@ class AsyncStreamDB(_Base):
 
     async def _follow(self) -> None:
         try:
-            async for chunk in self._stream.read(self._core.offset, live=self._live):
-                if self._take(chunk.data, chunk.offset, chunk.up_to_date) is not None:
-                    self.ready = True
-                    self._signal()
+            while not self._stopping:
+                if await self._catch_up():
+                    return
+                if self._live in ("sse", "auto"):
+                    async for chunk in self._stream.read(self._read_offset(), live="sse"):
+                        self._feed(chunk.data, chunk.offset, chunk.up_to_date)
+                    self._flush()
+                    return
+                reader = self._stream.read(self._read_offset(), live="long-poll")
+                try:
+                    chunk = await anext(aiter(reader), None)
+                finally:
+                    await reader.aclose()
+                if chunk is not None:
+                    self._feed(chunk.data, chunk.offset, chunk.up_to_date)
         except asyncio.CancelledError:
             raise
         except BaseException as exc:
@@ -276,6 +339,13 @@ class AsyncStreamDB(_Base):
                 self.error = exc
         finally:
             self._signal()
+
+    async def join(self) -> None:
+        """Wait until following ends (the stream closed, or ``error``)."""
+        if self._task is not None:
+            await asyncio.shield(self._task)
+        if self.error is not None:
+            raise self.error
 
     async def close(self) -> None:
         self._stopping = True
@@ -286,7 +356,7 @@ class AsyncStreamDB(_Base):
         self._signal()
         await self._stream.aclose_client()
         if self._checkpoint is not None:
-            self._checkpoint.save(self._url, self._core, [], final=True)
+            self._checkpoint.save(self._url, self._core, None)
             self._checkpoint.close()
 
     async def __aenter__(self) -> AsyncStreamDB:

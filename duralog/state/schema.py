@@ -144,6 +144,9 @@ class StateSchema:
             "users": Collection(type="user", model=User, primary_key="id"),
         })
         event = schema.users.insert(User(id="1", name="Ada"))   # or schema["users"]
+
+    ``schema["name"]`` always works; ``schema.name`` unless the name is one of
+    this class's own attributes.
     """
 
     def __init__(self, collections: Mapping[str, Collection[Any]]) -> None:
@@ -181,15 +184,17 @@ class StateSchema:
     def __len__(self) -> int:
         return len(self._collections)
 
-    def items(self) -> Iterator[tuple[str, Collection[Any]]]:
-        return iter(self._collections.items())
+    @property
+    def collections(self) -> dict[str, Collection[Any]]:
+        """Collections by name (a reserved collection name, so never shadowed)."""
+        return dict(self._collections)
 
     def for_type(self, event_type: str) -> Collection[Any] | None:
         """The collection that holds events of ``event_type`` (None: not ours)."""
         return self._by_type.get(event_type)
 
     def __repr__(self) -> str:
-        inner = ", ".join(f"{n}={c.type}:{c.model.__name__}" for n, c in self.items())
+        inner = ", ".join(f"{n}={c.type}:{c.model.__name__}" for n, c in self._collections.items())
         return f"StateSchema({inner})"
 
 

@@ -42,6 +42,17 @@ class Change:
 
 
 @dataclass(frozen=True, slots=True)
+class AppliedBatch:
+    """One atomic apply: the offsets it spans, its events, txids and changes."""
+
+    start: str
+    end: str
+    events: int
+    txids: frozenset[str]
+    changes: list[Change]
+
+
+@dataclass(frozen=True, slots=True)
 class Rejected:
     """A change whose value failed its collection's model (STATE-PROTOCOL.md 7:
     rejected and logged; other rows and types go on)."""
@@ -183,8 +194,9 @@ class StateCore:
         self.schema = schema
         self.lock = threading.RLock()
         self.tables: dict[str, Table[Any]] = {
-            name: Table(name, collection, self.lock) for name, collection in schema.items()}
-        self._by_type = {c.type: self.tables[name] for name, c in schema.items()}
+            name: Table(name, collection, self.lock)
+            for name, collection in schema.collections.items()}
+        self._by_type = {c.type: self.tables[name] for name, c in schema.collections.items()}
         self.offset = "-1"             # where the applied state ends
         self.pending: list[tuple[list[Any], str]] = []
         self.seen_txids: set[str] = set()
@@ -205,19 +217,19 @@ class StateCore:
             self.offset = offset
             self.pending.clear()
 
-    def receive(self, items: list[Any], offset: str, up_to_date: bool
-                ) -> tuple[list[Change], set[str]] | None:
+    def receive(self, items: list[Any], offset: str, up_to_date: bool) -> AppliedBatch | None:
         """Take one read chunk; at an up-to-date boundary apply everything
-        buffered and return (changes, txids), else None."""
+        buffered and return what was applied, else None."""
         self.pending.append((items, offset))
         if not up_to_date:
             return None
         return self.apply_pending()
 
-    def apply_pending(self) -> tuple[list[Change], set[str]]:
+    def apply_pending(self) -> AppliedBatch:
         before: dict[tuple[str, str], Any] = {}
         txids: set[str] = set()
-        start = self.offset
+        first = start = self.offset
+        count = 0
         # Parse the whole buffer first: a malformed message raises before
         # anything of the batch is applied (the state stays at the last batch).
         parsed: list[tuple[list[ChangeEvent | ControlEvent], str, str]] = []
@@ -230,12 +242,13 @@ class StateCore:
             for events, chunk_start, _ in parsed:
                 for event in events:
                     self._apply_one(event, before, txids, chunk_start)
-                self.applied_events += len(events)
+                count += len(events)
+            self.applied_events += count
             self.pending.clear()
             self.offset = start
             changes = self._changes(before)
             self.seen_txids |= txids
-        return changes, txids
+        return AppliedBatch(first, start, count, frozenset(txids), changes)
 
     def _apply_one(self, event: ChangeEvent | ControlEvent, before: dict[tuple[str, str], Any],
                    txids: set[str], offset: str) -> None:
