@@ -93,6 +93,17 @@ class _Base:
         """Every table's rows as JSON values, by collection and key."""
         return self._core.dump_rows()
 
+    def _signal(self) -> None:
+        """Wake whoever waits for a batch (preload, await_txid)."""
+
+    def _feed(self, data: bytes, offset: str, up_to_date: bool) -> None:
+        if self._take(data, offset, up_to_date) is not None:
+            self._signal()
+
+    def _flush(self) -> None:
+        if self._core.pending:
+            self._feed(b"", self._core.pending[-1][1], True)
+
     def _read_offset(self) -> str:
         """Where reading goes on: after the buffered chunks, else after the state."""
         return self._core.pending[-1][1] if self._core.pending else self._core.offset
@@ -109,54 +120,110 @@ class _Base:
         return set(batch.txids)
 
 
+async def _follow(db: _Base, stream: AsyncDurableStream, live: LiveMode,
+                  caught_up: Callable[[], None]) -> None:
+    """Catch up, then follow live; shared by both twins (the sync one runs it
+    on an event loop in its thread, so ``close`` can cancel a blocked read).
+
+    A catch-up read ends exactly when the server said up-to-date, even when
+    that last answer was empty (the client yields no empty chunks), so the
+    buffer is applied there; SSE control events carry upToDate with the data
+    they follow; a long-poll answer is followed by a catch-up."""
+    while True:
+        reader = stream.read(db._read_offset())
+        async for chunk in reader:
+            db._feed(chunk.data, chunk.offset, chunk.up_to_date)
+        db._flush()
+        caught_up()
+        if reader.closed or live is None:
+            return
+        if live in ("sse", "auto"):
+            async for chunk in stream.read(db._read_offset(), live="sse"):
+                db._feed(chunk.data, chunk.offset, chunk.up_to_date)
+            db._flush()
+            return
+        poll = stream.read(db._read_offset(), live="long-poll")
+        try:
+            first = await anext(aiter(poll), None)
+        finally:
+            await poll.aclose()
+        if first is not None:
+            db._feed(first.data, first.offset, first.up_to_date)
+
+
 class StreamDB(_Base):
     """Follows a state stream in a background thread (see the module docstring).
 
     ``stream``: a URL or a ``DurableStream`` (its headers, params, retry and
-    timeout are reused by a connection of the DB's own). ``checkpoint``: a path
+    timeout are reused by the DB's own connections). ``checkpoint``: a path
     (.db/.sqlite: SQLite, else a JSON file) or a checkpoint object.
     """
 
     def __init__(self, stream: str | DurableStream, schema: StateSchema, *,
                  checkpoint: CheckpointTarget = None, live: LiveMode = "auto") -> None:
         if isinstance(stream, DurableStream):
-            self._stream = DurableStream(stream.url, headers=stream.headers,
-                                         params=stream.params, retry=stream.retry,
-                                         timeout=stream.timeout)
+            self._options: dict[str, Any] = {
+                "headers": stream.headers, "params": stream.params, "retry": stream.retry,
+                "timeout": stream.timeout}
+            url = stream.url
         else:
-            self._stream = DurableStream(stream)
+            self._options = {}
+            url = stream
+        self._stream = DurableStream(url, **self._options)
         self._live = live
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self._setup(self._stream.url, schema, checkpoint)
 
     def sync(self) -> int:
         """Catch up once in this thread (no live follow); returns events applied."""
         before = self._core.applied_events
-        self._catch_up()
-        return self._core.applied_events - before
-
-    def _catch_up(self) -> bool:
-        """Read to the tail and apply; returns whether the stream is closed.
-
-        A catch-up read ends exactly when the server said up-to-date, even when
-        that last answer was empty (the client yields no empty chunks)."""
-        reader = self._stream.read(self._read_offset())
-        for chunk in reader:
+        for chunk in self._stream.read(self._read_offset()):
             self._feed(chunk.data, chunk.offset, chunk.up_to_date)
         self._flush()
-        with self._cond:
-            self.ready = True
-            self._cond.notify_all()
-        return bool(reader.closed)
+        self._caught_up()
+        return self._core.applied_events - before
 
     def start(self) -> None:
         """Follow the stream live in a background thread (once)."""
         if self._thread is None:
-            self._thread = threading.Thread(target=self._follow, name="duralog-streamdb",
-                                            daemon=True)
+            started = threading.Event()
+            self._thread = threading.Thread(target=self._run, args=(started,),
+                                            name="duralog-streamdb", daemon=True)
             self._thread.start()
+            started.wait()
+
+    def _run(self, started: threading.Event) -> None:
+        loop = self._loop = asyncio.new_event_loop()
+        try:
+            stream = AsyncDurableStream(self._url, **self._options)
+            self._task = loop.create_task(_follow(self, stream, self._live, self._caught_up))
+            started.set()
+            try:
+                loop.run_until_complete(self._task)
+            except asyncio.CancelledError:
+                pass
+            except BaseException as exc:
+                if not self._stopping:
+                    self.error = exc
+            finally:
+                loop.run_until_complete(stream.aclose_client())
+        finally:
+            started.set()
+            loop.close()
+            self._signal()
+
+    def _caught_up(self) -> None:
+        with self._cond:
+            self.ready = True
+            self._cond.notify_all()
+
+    def _signal(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
 
     def preload(self, timeout: float | None = None) -> None:
         """Start following and wait until the tables are caught up."""
@@ -174,47 +241,13 @@ class StreamDB(_Base):
             while not done():
                 if self.error is not None:
                     raise self.error
-                if self._stopping:
-                    raise RuntimeError("the StreamDB is closed")
+                if self._stopping or (self._thread is not None
+                                      and not self._thread.is_alive()):
+                    raise RuntimeError(f"the StreamDB stopped before {what}")
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     raise TimeoutError(f"timed out waiting for {what}")
-                self._cond.wait(left)
-
-    def _follow(self) -> None:
-        try:
-            while not self._stopping:
-                if self._catch_up():
-                    return                      # closed, and everything applied
-                if self._live in ("sse", "auto"):
-                    # SSE control events carry upToDate with the data they follow.
-                    for chunk in self._stream.read(self._read_offset(), live="sse"):
-                        self._feed(chunk.data, chunk.offset, chunk.up_to_date)
-                    self._flush()
-                    return
-                # Long-poll: wait for the next data, then catch up from there.
-                reader = self._stream.read(self._read_offset(), live="long-poll")
-                try:
-                    chunk = next(iter(reader), None)
-                finally:
-                    reader.close()
-                if chunk is not None:
-                    self._feed(chunk.data, chunk.offset, chunk.up_to_date)
-        except BaseException as exc:
-            if not self._stopping:
-                self.error = exc
-        finally:
-            with self._cond:
-                self._cond.notify_all()
-
-    def _feed(self, data: bytes, offset: str, up_to_date: bool) -> None:
-        if self._take(data, offset, up_to_date) is not None:
-            with self._cond:
-                self._cond.notify_all()
-
-    def _flush(self) -> None:
-        if self._core.pending:
-            self._feed(b"", self._core.pending[-1][1], True)
+                self._cond.wait(left if left is not None else 1.0)
 
     def join(self, timeout: float | None = None) -> None:
         """Wait until following ends: the stream was closed and fully applied
@@ -229,9 +262,13 @@ class StreamDB(_Base):
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
-        self._stream.close_client()   # interrupts a blocking live read
+        loop, task = self._loop, self._task
+        if loop is not None and task is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):   # the loop may just have finished
+                loop.call_soon_threadsafe(task.cancel)
         if self._thread is not None:
             self._thread.join(10)
+        self._stream.close_client()
         if self._checkpoint is not None:
             self._checkpoint.save(self._url, self._core, None)
             self._checkpoint.close()
@@ -263,30 +300,17 @@ class AsyncStreamDB(_Base):
     async def sync(self) -> int:
         """Catch up once (no live follow); returns events applied."""
         before = self._core.applied_events
-        await self._catch_up()
+        await _follow(self, self._stream, None, self._caught_up)
         return self._core.applied_events - before
 
-    async def _catch_up(self) -> bool:
-        reader = self._stream.read(self._read_offset())
-        async for chunk in reader:
-            self._feed(chunk.data, chunk.offset, chunk.up_to_date)
-        self._flush()
+    def _caught_up(self) -> None:
         self.ready = True
         self._signal()
-        return bool(reader.closed)
-
-    def _feed(self, data: bytes, offset: str, up_to_date: bool) -> None:
-        if self._take(data, offset, up_to_date) is not None:
-            self._signal()
-
-    def _flush(self) -> None:
-        if self._core.pending:
-            self._feed(b"", self._core.pending[-1][1], True)
 
     def start(self) -> None:
         if self._task is None:
             self._changed = asyncio.Event()
-            self._task = asyncio.get_running_loop().create_task(self._follow())
+            self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def preload(self, timeout: float | None = None) -> None:
         self.start()
@@ -315,23 +339,9 @@ class AsyncStreamDB(_Base):
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), left)
 
-    async def _follow(self) -> None:
+    async def _run(self) -> None:
         try:
-            while not self._stopping:
-                if await self._catch_up():
-                    return
-                if self._live in ("sse", "auto"):
-                    async for chunk in self._stream.read(self._read_offset(), live="sse"):
-                        self._feed(chunk.data, chunk.offset, chunk.up_to_date)
-                    self._flush()
-                    return
-                reader = self._stream.read(self._read_offset(), live="long-poll")
-                try:
-                    chunk = await anext(aiter(reader), None)
-                finally:
-                    await reader.aclose()
-                if chunk is not None:
-                    self._feed(chunk.data, chunk.offset, chunk.up_to_date)
+            await _follow(self, self._stream, self._live, self._caught_up)
         except asyncio.CancelledError:
             raise
         except BaseException as exc:
