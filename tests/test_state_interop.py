@@ -69,8 +69,11 @@ def test_random_sequences_match_typescript(node_available: None) -> None:
             typed.apply(parse_event(event))
         fast = MaterializedState()
         fast.apply_json(events, offset=f"seq{i}")
+        raw = MaterializedState()
+        raw.apply_bytes(json.dumps(events).encode(), offset=f"seq{i}")
         assert dump(typed) == expected, f"sequence {i}: {events}"
         assert dump(fast) == expected, f"sequence {i} (apply_json): {events}"
+        assert dump(raw) == expected, f"sequence {i} (apply_bytes): {events}"
         for e in events:
             h = e["headers"]
             kinds.add(h.get("operation") or h["control"])

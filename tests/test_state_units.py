@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from typing import Any
 
+import orjson
 import pytest
 from pydantic import BaseModel
 
@@ -74,6 +75,12 @@ def test_malformed_events_are_refused_naming_the_offset(msg: Any, reason: str) -
     state = MaterializedState()
     with pytest.raises(EventError, match="message 1 of the chunk read at offset 0000_0042"):
         state.apply_json([good, msg], offset="0000_0042")
+    raw = MaterializedState()
+    with pytest.raises(EventError) as info:
+        raw.apply_bytes(orjson.dumps([good, msg]), offset="0000_0042")
+    assert reason in str(info.value)
+    assert info.value.where == "message 1 of the chunk read at offset 0000_0042"
+    assert raw.get("user", "1") == 1      # the message before the bad one stays applied
 
 
 def test_builders() -> None:
@@ -180,10 +187,22 @@ def test_apply_json_equals_typed_apply_on_random_sequences() -> None:
     rng = random.Random(7)
     for _ in range(300):
         events = state_gen.sequence(rng)
-        fast, typed = MaterializedState(), MaterializedState()
+        fast, typed, raw = MaterializedState(), MaterializedState(), MaterializedState()
         assert fast.apply_json(events) == len(events)
+        assert raw.apply_bytes(orjson.dumps(events)) == len(events)
         typed.apply_batch(parse_event(e) for e in events)
-        assert fast.to_json() == typed.to_json() and fast.types == typed.types
+        assert fast.to_json() == typed.to_json() == raw.to_json()
+        assert fast.types == typed.types == raw.types
+
+
+def test_apply_bytes_keeps_big_numbers_and_decodes_once() -> None:
+    state = MaterializedState()
+    state.apply_bytes(b'[{"type":"n","key":"big","value":123456789012345678901234567890,'
+                      b'"headers":{"operation":"insert"}},'
+                      b'{"type":"n","key":"o","value":{"a":[1,2]},"headers":{"operation":"upsert"}}]')
+    assert state.get("n", "big") == 123456789012345678901234567890
+    assert state.get("n", "o") is state.get("n", "o") == {"a": [1, 2]}
+    assert dict(state.view("n")) == {"big": 123456789012345678901234567890, "o": {"a": [1, 2]}}
 
 
 def test_snapshot_events_rebuild_the_state() -> None:

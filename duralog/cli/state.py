@@ -59,15 +59,15 @@ def follow(stream: DurableStream, state: MaterializedState,
     """Catch up and show; when ``live``, wait for more, catch up, show again,
     until the stream is closed."""
     offset = "-1"
-    pending: list[tuple[list[Any], str, str]] = []
+    pending: list[tuple[bytes, str, str]] = []
     first = True
     while True:
         reader = stream.read(offset)
         for chunk in reader:
-            pending.append((chunk.json(), offset, chunk.offset))
+            pending.append((chunk.data, offset, chunk.offset))
             offset = chunk.offset
-        for items, start, _ in pending:   # applied at the up-to-date boundary
-            state.apply_json(items, start)
+        for data, start, _ in pending:   # applied at the up-to-date boundary
+            state.apply_bytes(data, start)
         if pending or first:
             show(state)
         pending.clear()
@@ -80,7 +80,7 @@ def follow(stream: DurableStream, state: MaterializedState,
         finally:
             poll.close()
         if chunk is not None:
-            pending.append((chunk.json(), offset, chunk.offset))
+            pending.append((chunk.data, offset, chunk.offset))
             offset = chunk.offset
 
 

@@ -23,8 +23,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from ..client import AsyncDurableStream, DurableStream, LiveMode
 from .checkpoint import StateCheckpoint, open_checkpoint
 from .schema import StateSchema
@@ -110,8 +108,7 @@ class _Base:
 
     def _take(self, data: bytes, offset: str, up_to_date: bool) -> set[str] | None:
         """Feed one chunk; returns the txids applied when a batch committed."""
-        items = orjson.loads(data) if data else []
-        batch = self._core.receive(items, offset, up_to_date)
+        batch = self._core.receive(data, offset, up_to_date)
         if batch is None:
             return None
         if self._checkpoint is not None:

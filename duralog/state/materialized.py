@@ -22,14 +22,51 @@ the TS StreamDB does: ``reset`` clears, snapshot-start/-end change nothing.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Iterator, Mapping
 from types import MappingProxyType
 from typing import Any
 
-from .events import MISSING, ChangeEvent, ControlEvent, EventError, StateEvent, parse_event
+import orjson
+
+from .events import (
+    _RFC3339,
+    MISSING,
+    ChangeEvent,
+    ControlEvent,
+    EventError,
+    StateEvent,
+    parse_event,
+)
+from .wire import UNSET, Raw, decode_chunk, decode_value
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 _SETS = frozenset(("insert", "update", "upsert"))
+
+
+class _Rows(Mapping[str, Any]):
+    """A read-only live view of one type's rows that decodes raw values on access."""
+
+    __slots__ = ("_rows",)
+
+    def __init__(self, rows: dict[str, Any]) -> None:
+        self._rows = rows
+
+    def __getitem__(self, key: str) -> Any:
+        return _decoded(self._rows, key, self._rows[key])
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._rows)
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+
+def _decoded(rows: dict[str, Any], key: str, value: Any) -> Any:
+    # Values applied by apply_bytes stay raw JSON until first read.
+    if value.__class__ is Raw:
+        value = rows[key] = decode_value(value)
+    return value
 
 
 class MaterializedState:
@@ -58,6 +95,51 @@ class MaterializedState:
     def apply_batch(self, events: Iterable[StateEvent]) -> None:
         for event in events:
             self.apply(event)
+
+    def apply_bytes(self, data: bytes, offset: str | None = None) -> int:
+        """Decode and apply one read chunk (a JSON array of messages): the fast
+        path for catch-up reads. Values stay raw JSON until first read.
+
+        Same checks and errors as ``apply_json`` (a malformed message raises
+        ``EventError`` naming ``offset`` and its index; the messages before it
+        stay applied). Returns how many messages were applied.
+        """
+        events = decode_chunk(data)
+        if events is None:   # something is off: the precise path finds and names it
+            return self.apply_json(loads(data), offset)
+        rows_by_type = self._data
+        count = 0
+        for event in events:
+            headers = event.headers
+            op = headers.operation
+            if op is UNSET:
+                if headers.control is UNSET:
+                    break   # neither change nor control
+                if headers.control == "reset":
+                    rows_by_type.clear()
+                count += 1
+                continue
+            type_, key = event.type, event.key
+            if type_ is UNSET or key is UNSET or (
+                    headers.timestamp is not UNSET and not _RFC3339.match(headers.timestamp)):
+                break
+            rows = rows_by_type.get(type_)
+            if rows is None:
+                rows = rows_by_type[type_] = {}
+            if op == "delete":
+                rows.pop(key, None)
+            else:
+                value = event.value
+                if value is UNSET:
+                    break
+                # A copy: a view would keep the whole chunk's buffer alive.
+                rows[key] = value.copy()
+            count += 1
+        else:
+            return count
+        # events[count] is malformed: raise the precise error for it.
+        parse_event(loads(data)[count], _where(count, offset))
+        raise AssertionError("unreachable: the message was found malformed")
 
     def apply_json(self, items: Iterable[Any], offset: str | None = None) -> int:
         """Validate and apply decoded JSON messages (one read chunk) in one pass.
@@ -114,14 +196,14 @@ class MaterializedState:
     def get(self, type: str, key: str, default: Any = None) -> Any:
         """The value at type/key, or ``default`` (TS: ``undefined``)."""
         rows = self._data.get(type)
-        if rows is None:
+        if rows is None or key not in rows:
             return default
-        return rows.get(key, default)
+        return _decoded(rows, key, rows[key])
 
     def view(self, type: str) -> Mapping[str, Any]:
         """A read-only live view of one type's entities (TS ``getType``)."""
         rows = self._data.get(type)
-        return _EMPTY if rows is None else MappingProxyType(rows)
+        return _EMPTY if rows is None else _Rows(rows)
 
     def clear(self) -> None:
         self._data.clear()
@@ -144,15 +226,15 @@ class MaterializedState:
     def __iter__(self) -> Iterator[tuple[str, str, Any]]:
         """(type, key, value) of every entity, types and keys in order."""
         for type_, rows in self._data.items():
-            for key, value in rows.items():
-                yield type_, key, value
+            for key, value in list(rows.items()):
+                yield type_, key, _decoded(rows, key, value)
 
     def __len__(self) -> int:
         return sum(len(rows) for rows in self._data.values())
 
     def to_json(self) -> dict[str, dict[str, Any]]:
         """The whole state as ``{type: {key: value}}`` (order kept)."""
-        return {type_: dict(rows) for type_, rows in self._data.items()}
+        return {type_: dict(_Rows(rows).items()) for type_, rows in self._data.items()}
 
     @classmethod
     def from_json(cls, data: Mapping[str, Mapping[str, Any]]) -> MaterializedState:
@@ -171,6 +253,15 @@ class MaterializedState:
                                       None if value is MISSING else value))
         events.append(ControlEvent("snapshot-end", offset))
         return events
+
+
+def loads(data: bytes) -> Any:
+    """JSON text as Python values; integers beyond 64 bits (which orjson
+    refuses) and the like go through the standard library."""
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return json.loads(data)
 
 
 def _where(index: int, offset: str | None) -> str:

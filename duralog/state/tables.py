@@ -19,8 +19,10 @@ from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from .events import ChangeEvent, ControlEvent, parse_event
-from .schema import Collection, StateSchema
+from .events import _RFC3339, ChangeEvent, ControlEvent, parse_event
+from .materialized import loads
+from .schema import Collection, StateSchema, js_string
+from .wire import UNSET, WireEvent, decode_chunk, decode_value
 
 M = TypeVar("M", bound=BaseModel)
 log = logging.getLogger("duralog.state")
@@ -198,7 +200,7 @@ class StateCore:
             for name, collection in schema.collections.items()}
         self._by_type = {c.type: self.tables[name] for name, c in schema.collections.items()}
         self.offset = "-1"             # where the applied state ends
-        self.pending: list[tuple[list[Any], str]] = []
+        self.pending: list[tuple[bytes, str]] = []
         self.seen_txids: set[str] = set()
         self.rejected: list[Rejected] = []
         self.applied_events = 0
@@ -217,31 +219,43 @@ class StateCore:
             self.offset = offset
             self.pending.clear()
 
-    def receive(self, items: list[Any], offset: str, up_to_date: bool) -> AppliedBatch | None:
-        """Take one read chunk; at an up-to-date boundary apply everything
-        buffered and return what was applied, else None."""
-        self.pending.append((items, offset))
+    def receive(self, data: bytes, offset: str, up_to_date: bool) -> AppliedBatch | None:
+        """Take one read chunk (a JSON array of messages); at an up-to-date
+        boundary apply everything buffered and return what was applied."""
+        self.pending.append((data, offset))
         if not up_to_date:
             return None
         return self.apply_pending()
+
+    def _decode(self, data: bytes, start: str) -> list[Any]:
+        """A chunk's events: msgspec structs when they are well formed (the fast
+        path), else typed events, or EventError naming the bad message."""
+        if not data:
+            return []
+        events = decode_chunk(data)
+        if events is not None and all(_well_formed(e) for e in events):
+            return events
+        return [parse_event(item, f"message {i} of the chunk read from offset {start}")
+                for i, item in enumerate(loads(data))]
 
     def apply_pending(self) -> AppliedBatch:
         before: dict[tuple[str, str], Any] = {}
         txids: set[str] = set()
         first = start = self.offset
         count = 0
-        # Parse the whole buffer first: a malformed message raises before
+        # Decode the whole buffer first: a malformed message raises before
         # anything of the batch is applied (the state stays at the last batch).
-        parsed: list[tuple[list[ChangeEvent | ControlEvent], str, str]] = []
-        for items, end in self.pending:
-            parsed.append(([parse_event(item, f"message {i} of the chunk read from offset "
-                                               f"{start}") for i, item in enumerate(items)],
-                           start, end))
+        parsed: list[tuple[list[Any], str]] = []
+        for data, end in self.pending:
+            parsed.append((self._decode(data, start), start))
             start = end
         with self.lock:
-            for events, chunk_start, _ in parsed:
+            for events, chunk_start in parsed:
                 for event in events:
-                    self._apply_one(event, before, txids, chunk_start)
+                    if event.__class__ is WireEvent:
+                        self._apply_wire(event, before, txids, chunk_start)
+                    else:
+                        self._apply_one(event, before, txids, chunk_start)
                 count += len(events)
             self.applied_events += count
             self.pending.clear()
@@ -250,14 +264,50 @@ class StateCore:
             self.seen_txids |= txids
         return AppliedBatch(first, start, count, frozenset(txids), changes)
 
+    def _apply_wire(self, event: WireEvent, before: dict[tuple[str, str], Any],
+                    txids: set[str], offset: str) -> None:
+        """``_apply_one`` for a well-formed msgspec struct (values raw JSON)."""
+        headers = event.headers
+        op = headers.operation
+        if op is UNSET:
+            if headers.control == "reset":
+                self._reset(before)
+            return
+        if headers.txid is not UNSET:
+            txids.add(headers.txid)
+        table = self._by_type.get(event.type)
+        if table is None:
+            return
+        key = event.key
+        slot = (table.name, key)
+        if slot not in before:
+            before[slot] = table._rows.get(key)
+        if op == "delete":
+            table._delete(key)
+            return
+        collection = table.collection
+        try:
+            row = collection.model.model_validate_json(event.value)
+        except ValidationError:
+            row = None   # the dict path below names the problem
+        if row is None or js_string(getattr(row, collection.primary_key)) != key:
+            # The TS StreamDB sets the key field from the event key: do it on a dict.
+            self._set_value(table, key, decode_value(event.value), offset)
+            return
+        table._set(key, row)
+
+    def _reset(self, before: dict[tuple[str, str], Any]) -> None:
+        # As the TS StreamDB on reset: truncate every table.
+        for table in self.tables.values():
+            for key, row in table._rows.items():
+                before.setdefault((table.name, key), row)
+            table._clear()
+
     def _apply_one(self, event: ChangeEvent | ControlEvent, before: dict[tuple[str, str], Any],
                    txids: set[str], offset: str) -> None:
         if isinstance(event, ControlEvent):
-            if event.control == "reset":      # as the TS StreamDB: truncate every table
-                for table in self.tables.values():
-                    for key, row in table._rows.items():
-                        before.setdefault((table.name, key), row)
-                    table._clear()
+            if event.control == "reset":
+                self._reset(before)
             return
         if event.txid is not None:            # TS collects txids of unknown types too
             txids.add(event.txid)
@@ -270,20 +320,22 @@ class StateCore:
         if event.operation == "delete":
             table._delete(event.key)
             return
-        value = event.value
+        self._set_value(table, event.key, event.value, offset)
+
+    def _set_value(self, table: Table[Any], key: str, value: Any, offset: str) -> None:
         if isinstance(value, dict):
             # TS StreamDB sets the primary key field from the event key.
-            value = {**value, table.collection.primary_key: event.key}
+            value = {**value, table.collection.primary_key: key}
         try:
             row = table.collection.model.model_validate(value)
         except ValidationError as err:
             reason = "; ".join(e["msg"] for e in err.errors())
-            log.warning("state: %s/%s at offset %s rejected: %s", event.type, event.key,
+            log.warning("state: %s/%s at offset %s rejected: %s", table.collection.type, key,
                         offset, reason)
-            self.rejected.append(Rejected(table.name, event.key, offset, reason))
+            self.rejected.append(Rejected(table.name, key, offset, reason))
             del self.rejected[:-1000]
             return
-        table._set(event.key, row)
+        table._set(key, row)
 
     def _changes(self, before: dict[tuple[str, str], Any]) -> list[Change]:
         changes: list[Change] = []
@@ -314,6 +366,17 @@ class StateCore:
         with self.lock:
             return {name: {key: table.collection.dump(row) for key, row in table._rows.items()}
                     for name, table in self.tables.items()}
+
+
+def _well_formed(event: WireEvent) -> bool:
+    """What the msgspec structs cannot check (STATE-PROTOCOL.md 4.1, 5.1)."""
+    headers = event.headers
+    op = headers.operation
+    if op is UNSET:
+        return headers.control is not UNSET
+    return (event.type is not UNSET and event.key is not UNSET
+            and (op == "delete" or event.value is not UNSET)
+            and (headers.timestamp is UNSET or _RFC3339.match(headers.timestamp) is not None))
 
 
 def _call(callback: Callable[[Any], None], arg: Any) -> None:
