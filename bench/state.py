@@ -13,6 +13,7 @@ distinct keys (inserts, then updates and some deletes), then measures:
 from __future__ import annotations
 
 import gc
+import os
 import time
 import tracemalloc
 import uuid
@@ -73,7 +74,7 @@ def state(t: Target, cfg: Any, rnd: int) -> list[Any]:
 
     # 1. catch-up read + materialize (what a reader starting from -1 does).
     gc.collect()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     state = MaterializedState()
     applied = 0
     chunks: list[tuple[bytes, str]] = []
@@ -83,7 +84,11 @@ def state(t: Target, cfg: Any, rnd: int) -> list[Any]:
         chunks.append((chunk.data, offset))
         offset = chunk.offset
     catchup_s = time.perf_counter() - t0
-    info: dict[str, Any] = {"events": applied, "rows": len(state), "chunks": len(chunks),
+    cpu_s = time.process_time() - c0
+    info: dict[str, Any] = {"events": applied,
+                            "events_per_client_cpu_s": round(applied / cpu_s),
+                            "load": [round(x, 1) for x in os.getloadavg()],
+                            "rows": len(state), "chunks": len(chunks),
                             "stream_mb": round(sum(len(c) for c, _ in chunks) / 1e6, 1),
                             "fill_s": round(fill_s, 1)}
     if applied != events:
@@ -92,20 +97,24 @@ def state(t: Target, cfg: Any, rnd: int) -> list[Any]:
                   applied / catchup_s, dict(info))]
 
     # 2. apply only (JSON parse + apply_json of chunks already read).
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     again = MaterializedState()
     for data, off in chunks:
         again.apply_bytes(data, off)
     out.append(Sample("state", "parse + apply (in memory)", "events/s", True,
-                      events / (time.perf_counter() - t0), {"events": events}))
+                      events / (time.perf_counter() - t0),
+                      {"events": events,
+                       "events_per_cpu_s": round(events / (time.process_time() - c0))}))
 
     # 3. StreamDB.sync(): typed rows (pydantic), one atomic batch.
     schema = _schema()
     db = StreamDB(url, schema)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     n = db.sync()
     out.append(Sample("state", "StreamDB.sync (pydantic rows)", "events/s", True,
-                      n / (time.perf_counter() - t0), {"events": n, "rows": len(db.users)}))
+                      n / (time.perf_counter() - t0),
+                      {"events": n, "rows": len(db.users),
+                       "events_per_client_cpu_s": round(n / (time.process_time() - c0))}))
     db.close()
     del db, again
 

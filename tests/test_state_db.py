@@ -297,3 +297,26 @@ def test_async_stream_db_and_writer(memory_server: Any) -> None:
         await again.close()
 
     asyncio.run(main())
+
+
+def test_docs_examples_run(memory_server: Any, tmp_path: Path) -> None:
+    """docs/state.md: every Python example runs as written."""
+    import re
+
+    doc = (ROOT / "docs/state.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", doc, re.S)
+    assert len(blocks) == 4
+    suffix = uuid.uuid4().hex[:8]
+    outputs = []
+    for block in blocks:
+        code = block.replace("http://127.0.0.1:4437", memory_server.url)
+        code = re.sub(r"/v1/stream/([\w-]+)", rf"/v1/stream/\1-{suffix}", code)
+        code = code.replace("/tmp/app-state.db", str(tmp_path / "app-state.db"))
+        result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                                text=True, timeout=60, env={**os.environ,
+                                                            "PYTHONPATH": str(ROOT)})
+        assert result.returncode == 0, f"{block}\n{result.stderr}"
+        outputs.append(result.stdout)
+    assert "['Ada', 'Grace']" in outputs[0] and "['Grace H.']" in outputs[0]
+    assert "True 0" in outputs[1]
+    assert outputs[3].splitlines() == ["102 -> 4", "True"]
