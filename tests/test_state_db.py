@@ -61,8 +61,10 @@ def new_stream(server: Any, name: str) -> DurableStream:
     return stream
 
 
-def test_transactions_are_atomic_under_concurrent_writers(any_server: Any) -> None:
-    stream = new_stream(any_server, "atomic")
+@pytest.mark.parametrize("server", ["memory_server", "sqlite_server", "ref_server"])
+def test_transactions_are_atomic_under_concurrent_writers(
+        server: str, request: pytest.FixtureRequest) -> None:
+    stream = new_stream(request.getfixturevalue(server), "atomic")
     writers, txs, size = 4, 25, 8
     db = StreamDB(stream, SCHEMA)
     db.members.create_index("group")

@@ -216,3 +216,27 @@ def test_snapshot_events_rebuild_the_state() -> None:
     rebuilt.apply_batch(snap)
     nonempty = {t: rows for t, rows in state.to_json().items() if rows}
     assert rebuilt.to_json() == nonempty
+
+
+# -- StateCore: a transaction split across chunks is applied at the up-to-date boundary ----
+
+def test_state_core_applies_only_at_up_to_date_boundaries() -> None:
+    from duralog.state.tables import StateCore
+
+    schema = StateSchema({"users": Collection(type="user", model=User, primary_key="id")})
+    core = StateCore(schema)
+    tx = [schema.users.insert(User(id=str(i), name="n"), txid="t").to_json() for i in range(4)]
+    # A server may end a chunk inside an append: the first half is not up to date.
+    assert core.receive(orjson.dumps(tx[:2]), "0_2", False) is None
+    assert len(core.tables["users"]) == 0 and core.offset == "-1"
+    assert "t" not in core.seen_txids
+    batch = core.receive(orjson.dumps(tx[2:]), "0_4", True)
+    assert batch is not None and batch.events == 4 and batch.txids == {"t"}
+    assert (batch.start, batch.end) == ("-1", "0_4") and core.offset == "0_4"
+    assert [c.operation for c in batch.changes] == ["insert"] * 4
+    assert len(core.tables["users"]) == 4
+    # A malformed message anywhere in the buffer: nothing of the batch is applied.
+    assert core.receive(orjson.dumps([schema.users.delete("0").to_json()]), "0_5", False) is None
+    with pytest.raises(EventError, match="message 0 of the chunk read from offset 0_5"):
+        core.receive(b'[{"type":"user","headers":{"operation":"delete"}}]', "0_6", True)
+    assert len(core.tables["users"]) == 4 and core.offset == "0_4"
