@@ -108,8 +108,10 @@ class MaterializedState:
         if events is None:   # something is off: the precise path finds and names it
             return self.apply_json(loads(data), offset)
         rows_by_type = self._data
+        last_type: str | None = None
+        rows: dict[str, Any] = {}
         count = 0
-        for event in events:
+        for count, event in enumerate(events):  # noqa: B007 (count is used after the loop)
             headers = event.headers
             op = headers.operation
             if op is UNSET:
@@ -117,15 +119,19 @@ class MaterializedState:
                     break   # neither change nor control
                 if headers.control == "reset":
                     rows_by_type.clear()
-                count += 1
+                    last_type = None
                 continue
             type_, key = event.type, event.key
-            if type_ is UNSET or key is UNSET or (
+            if key is UNSET or (
                     headers.timestamp is not UNSET and not _RFC3339.match(headers.timestamp)):
                 break
-            rows = rows_by_type.get(type_)
-            if rows is None:
-                rows = rows_by_type[type_] = {}
+            if type_ != last_type:   # runs of one type are common: one lookup per run
+                if type_ is UNSET:
+                    break
+                got = rows_by_type.get(type_)
+                if got is None:
+                    got = rows_by_type[type_] = {}
+                rows, last_type = got, type_
             if op == "delete":
                 rows.pop(key, None)
             else:
@@ -134,9 +140,8 @@ class MaterializedState:
                     break
                 # A copy: a view would keep the whole chunk's buffer alive.
                 rows[key] = value.copy()
-            count += 1
         else:
-            return count
+            return len(events)
         # events[count] is malformed: raise the precise error for it.
         parse_event(loads(data)[count], _where(count, offset))
         raise AssertionError("unreachable: the message was found malformed")
