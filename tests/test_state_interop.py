@@ -171,3 +171,20 @@ def test_every_written_event_validates(memory_server: Any, validator: Any) -> No
     assert items, "nothing was written"
     for item in items:
         validator.validate(item)
+
+
+def test_server_registry_is_a_state_stream(memory_server: Any, validator: Any) -> None:
+    """__registry__ (written by the server) parses, validates and materializes,
+    here and in the TS MaterializedState."""
+    name = f"state-reg-{uuid.uuid4().hex}"
+    DurableStream(f"{memory_server.url}/v1/stream/{name}").create(
+        content_type="application/json")
+    registry = f"{memory_server.url}/v1/stream/__registry__"
+    items = DurableStream(registry).read_json()
+    for item in items:
+        validator.validate(item)
+        parse_event(item)
+    ours = MaterializedState()
+    ours.apply_json(items)
+    assert ours.get("stream", name)["path"] == name
+    assert node("read", registry)["state"] == dump(ours)

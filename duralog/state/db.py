@@ -177,6 +177,8 @@ class StreamDB(_Base):
 
     def sync(self) -> int:
         """Catch up once in this thread (no live follow); returns events applied."""
+        if self._thread is not None:
+            raise RuntimeError("sync() reads in the calling thread: not while following")
         before = self._core.applied_events
         for chunk in self._stream.read(self._read_offset()):
             self._feed(chunk.data, chunk.offset, chunk.up_to_date)
@@ -296,6 +298,8 @@ class AsyncStreamDB(_Base):
 
     async def sync(self) -> int:
         """Catch up once (no live follow); returns events applied."""
+        if self._task is not None:
+            raise RuntimeError("sync() reads itself: not while following")
         before = self._core.applied_events
         await _follow(self, self._stream, None, self._caught_up)
         return self._core.applied_events - before
