@@ -188,3 +188,19 @@ def test_server_registry_is_a_state_stream(memory_server: Any, validator: Any) -
     ours.apply_json(items)
     assert ours.get("stream", name)["path"] == name
     assert node("read", registry)["state"] == dump(ours)
+
+
+def test_upsert_kept_on_the_wire_when_asked(memory_server: Any) -> None:
+    """upsert_as="upsert" writes the TS helpers' operation; both sides read it alike."""
+    url = f"{memory_server.url}/v1/stream/state-upsert-{uuid.uuid4().hex}"
+    stream = DurableStream(url)
+    stream.create(content_type="application/json")
+    with StateWriter(stream, producer_id="u", upsert_as="upsert") as writer:
+        writer.append(SCHEMA.notes.upsert(Note(id="n1", text="a")))
+        writer.append(SCHEMA.notes.upsert(Note(id="n1", text="b")))
+    items = stream.read_json()
+    assert [i["headers"]["operation"] for i in items] == ["upsert", "upsert"]
+    ours = MaterializedState()
+    ours.apply_json(items)
+    assert node("read", url)["state"] == dump(ours)
+    assert ours.get("note", "n1") == {"id": "n1", "text": "b"}
