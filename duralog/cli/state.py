@@ -19,7 +19,7 @@ import orjson
 from ..client import DurableStream
 from ..state.events import EventError
 from ..state.materialized import MaterializedState
-from .streams import _guarded, stream_url
+from .connect import add_connection_options, guarded, open_stream
 
 MAX_COLUMNS = 8
 
@@ -30,17 +30,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description="Materialize a State Protocol stream (insert/update/delete/upsert, "
                     "snapshots, reset) and print it: tables on a terminal, JSON when piped.")
     p.add_argument("stream", help="stream name (or full URL)")
-    p.add_argument("--url", default=None, help="server base URL (default $DURALOG_URL)")
+    add_connection_options(p)
     p.add_argument("-f", "--follow", action="store_true",
                    help="keep it current until the stream is closed")
     p.add_argument("--json", action="store_true", help="print JSON even on a terminal")
     p.add_argument("--type", action="append", dest="types", metavar="TYPE",
                    help="only this entity type (repeatable)")
-    p.set_defaults(run=_guarded(run_state))
+    p.set_defaults(run=guarded(run_state))
 
 
 def run_state(args: argparse.Namespace) -> int:
-    stream = DurableStream(stream_url(args, args.stream))
+    stream = open_stream(args, args.stream)
     as_json = args.json or not sys.stdout.isatty()
     state = MaterializedState()
     show: Callable[[MaterializedState], None] = (
