@@ -322,3 +322,27 @@ def test_docs_examples_run(memory_server: Any, tmp_path: Path) -> None:
     assert "['Ada', 'Grace']" in outputs[0] and "['Grace H.']" in outputs[0]
     assert "True 0" in outputs[1]
     assert outputs[3].splitlines() == ["102 -> 4", "True"]
+
+
+def test_async_stream_db_resumes_from_a_sqlite_checkpoint(memory_server: Any,
+                                                         tmp_path: Path) -> None:
+    stream = new_stream(memory_server, "async-cp")
+    with StateWriter(stream) as writer:
+        writer.commit(SCHEMA.flags.insert(Flag(id=f"f{i}", on=i % 2 == 0)) for i in range(6))
+    path = tmp_path / "async.db"
+
+    async def main() -> tuple[str, int, int]:
+        db = AsyncStreamDB(stream.url, SCHEMA, checkpoint=path)
+        first = await db.sync()
+        await db.close()
+        stream.append_json(SCHEMA.flags.delete("f0").to_json())
+        again = AsyncStreamDB(stream.url, SCHEMA, checkpoint=path)
+        resumed = again.resumed_from
+        await again.preload(timeout=30)
+        n = len(again.flags)
+        await again.close()
+        assert resumed == db.offset
+        return resumed, first, n
+
+    resumed, first, n = asyncio.run(main())
+    assert resumed != "-1" and first == 6 and n == 5

@@ -204,3 +204,24 @@ def test_upsert_kept_on_the_wire_when_asked(memory_server: Any) -> None:
     ours.apply_json(items)
     assert node("read", url)["state"] == dump(ours)
     assert ours.get("note", "n1") == {"id": "n1", "text": "b"}
+
+
+def test_stream_db_follows_what_typescript_wrote(memory_server: Any) -> None:
+    """The TS helpers' events (insert, update, upsert, delete, txid) in a typed StreamDB."""
+    from duralog.state import StreamDB
+
+    url = f"{memory_server.url}/v1/stream/state-tsdb-{uuid.uuid4().hex}"
+    result = node("write", url)
+
+    class TsUser(BaseModel):
+        id: str
+        name: str
+
+    schema = StateSchema({"users": Collection(type="user", model=TsUser, primary_key="id"),
+                          "notes": Collection(type="note", model=Note, primary_key="id")})
+    with StreamDB(url, schema) as db:
+        db.preload(timeout=30)
+        db.await_txid("ts-1", timeout=30)
+        expected = {t: dict(rows) for t, rows in result["state"]["data"]}
+        assert {k: v.model_dump() for k, v in db.users.items()} == expected["user"]
+        assert {k: v.model_dump() for k, v in db.notes.items()} == expected["note"]
