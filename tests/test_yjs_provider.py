@@ -262,3 +262,28 @@ def test_a_snapshot_gone_before_it_is_read_sends_the_provider_back_to_discovery(
         assert any(o.endswith("_snapshot") for o in seen)
 
     asyncio.run(run())
+
+
+def test_awareness_is_renewed_and_outdated_states_go(server: ServerProcess) -> None:
+    """Our state gets a new clock every heartbeat (others drop states not renewed within
+    their timeout and ignore a resend with the same clock); a peer that vanished without
+    a goodbye is dropped after the timeout. Here: heartbeat 0.5 s, timeout 2 s."""
+    doc_id = new_id()
+    fast = {"awareness_heartbeat": 0.5, "awareness_timeout": 2.0}
+
+    async def run() -> None:
+        d1, d2 = pycrdt.Doc(), pycrdt.Doc()
+        a1, a2 = pycrdt.Awareness(d1), pycrdt.Awareness(d2)
+        a1.set_local_state({"user": "ada"})
+        async with AsyncYjsProvider(d2, base(server), doc_id, awareness=a2, **fast):
+            p1 = AsyncYjsProvider(d1, base(server), doc_id, awareness=a1, **fast)
+            await p1.connect()
+            await until(lambda: d1.client_id in a2.states)
+            clock = a2.meta[d1.client_id]["clock"]
+            await asyncio.sleep(4)  # twice the timeout: still there, renewed
+            assert a2.states.get(d1.client_id) == {"user": "ada"}
+            assert a2.meta[d1.client_id]["clock"] > clock
+            await p1.disconnect()  # gone without a goodbye
+            await until(lambda: d1.client_id not in a2.states)
+
+    asyncio.run(run())

@@ -24,6 +24,7 @@ import contextlib
 import logging
 import random
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -36,6 +37,8 @@ from .framing import FrameBuffer, FramingError, frame, iter_frames
 log = logging.getLogger("duralog.yjs.provider")
 OCTET = "application/octet-stream"
 AWARENESS_HEARTBEAT = 15.0  # seconds, as the TypeScript provider
+AWARENESS_OUTDATED = 30.0  # y-protocols: a state not renewed for this long is gone
+AWARENESS_CHECK = 3.0  # how often outdated states are looked for
 
 
 class SyncError(Exception):
@@ -56,6 +59,8 @@ class AsyncYjsProvider:
                  awareness_name: str = "default", live: str = "sse",
                  headers: dict[str, str] | None = None, producer_id: str | None = None,
                  lock: Any = None, timeout: float = 90.0,
+                 awareness_heartbeat: float = AWARENESS_HEARTBEAT,
+                 awareness_timeout: float = AWARENESS_OUTDATED,
                  transport: httpx.AsyncBaseTransport | None = None) -> None:
         if live not in ("sse", "long-poll"):
             raise ValueError("live must be 'sse' or 'long-poll'")
@@ -68,6 +73,8 @@ class AsyncYjsProvider:
         self.producer_id = producer_id or f"py-{doc_id}-{doc.client_id}"
         self.timeout = timeout
         self.transport = transport  # an httpx transport of your own (proxies, TLS, tests)
+        self.awareness_heartbeat = awareness_heartbeat
+        self.awareness_timeout = awareness_timeout
         self.offset: str | None = None  # where the next read of updates starts
         self.synced = asyncio.Event()
         self.errors: list[Exception] = []
@@ -299,16 +306,41 @@ class AsyncYjsProvider:
             self._awareness_dirty.set()
 
     async def _publish_awareness(self) -> None:
+        """Send our state when it changes, and renew it every 15 s (a new clock, as
+        y-protocols does: others drop a state not renewed for 30 s, and ignore a
+        resend with the same clock). Also drops others' states not renewed for 30 s."""
+        last_sent = 0.0
+        loop = asyncio.get_running_loop()
         while True:
+            changed = False
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._awareness_dirty.wait(), AWARENESS_HEARTBEAT)
+                await asyncio.wait_for(self._awareness_dirty.wait(),
+                                       min(AWARENESS_CHECK, self.awareness_timeout / 4))
+                changed = True
             self._awareness_dirty.clear()
-            if self.awareness.get_local_state() is None:
+            self._drop_outdated()
+            local = self.awareness.get_local_state()
+            due = loop.time() - last_sent >= self.awareness_heartbeat
+            if local is None or not (changed or due):
                 continue
+            if not changed:
+                with self._lock:
+                    self.awareness.set_local_state(local)  # renewed: clock + 1
+                self._awareness_dirty.clear()
             try:
                 await self._post_awareness([self.awareness.client_id])
-            except (DurableStreamError, httpx.HTTPError) as err:
+                last_sent = loop.time()
+            except Exception as err:  # presence is best effort; the loop goes on
                 log.info("yjs provider: awareness post failed: %s", err)
+
+    def _drop_outdated(self) -> None:
+        now = int(time.time() * 1000)
+        gone = [client for client, meta in self.awareness.meta.items()
+                if client != self.awareness.client_id and client in self.awareness.states
+                and now - meta["lastUpdated"] >= self.awareness_timeout * 1000]
+        if gone:
+            with self._lock:
+                self.awareness.remove_awareness_states(gone, "timeout")
 
     async def _post_awareness(self, clients: list[int]) -> None:
         assert self._client is not None
