@@ -166,13 +166,21 @@ def test_node_and_python_editors_converge(server: ServerProcess, round_no: int) 
                                    args=(base, doc_id, 300 + round_no, ops, sync_out))
     sync_thread.start()
 
+    started = time.monotonic()
+
+    def phase(name: str) -> None:  # shown with -s, and in the output of a failure
+        print(f"[round {round_no} +{time.monotonic() - started:.1f}s] {name}")
+
     async def run() -> None:
         py_editors = await asyncio.gather(
             python_editor(base, doc_id, 200 + round_no, ops, "sse", 2),
             python_editor(base, doc_id, 210 + round_no, ops, "long-poll", 2))
+        phase("python editors done")
         for node in nodes:
             await asyncio.to_thread(node.wait_done)
+        phase("node editors done")
         await asyncio.to_thread(sync_thread.join, 120)
+        phase("blocking editor done")
         deadline = time.monotonic() + 60
         while True:
             expected = await asyncio.to_thread(server_content, url)
@@ -183,6 +191,7 @@ def test_node_and_python_editors_converge(server: ServerProcess, round_no: int) 
             if (py_ok and sync_ok and node_ok) or time.monotonic() > deadline:
                 break
             await asyncio.sleep(0.3)
+        phase(f"converged: python {py_ok}, blocking {sync_ok}, node {node_ok}")
         assert py_ok, [content(doc) for doc, _ in py_editors] + [expected]
         assert sync_ok
         assert node_ok, (dumps, expected)
@@ -200,6 +209,7 @@ def test_node_and_python_editors_converge(server: ServerProcess, round_no: int) 
                 break
             await asyncio.sleep(0.5)
             dumps = [await asyncio.to_thread(node.dump) for node in nodes]
+        phase("presence seen" if wanted <= users else "presence NOT seen")
         assert wanted <= users, users
         # Compactions ran during the edits, and a new client loads the same content
         # through the snapshot.
