@@ -28,9 +28,9 @@ from duralog.protocol.errors import ProtocolError
 from duralog.protocol.headers import Producer
 from duralog.protocol.offsets import format_offset
 from duralog.protocol.state import AppendRequest, CreateRequest
-from duralog.store import sqlite as sqlite_module
 from duralog.store.memory import MemoryStore
 from duralog.store.sqlite import DB_NAME, SQLiteStore
+from duralog.store.sqlite import store as sqlite_module
 
 from .rss_check import run as run_rss_check
 from .servers import ServerProcess, duralog_server, read_all

@@ -7,6 +7,7 @@ kept. That is how the memory, SQLite and later backends agree on every answer.
 
 from __future__ import annotations
 
+from collections.abc import MutableMapping
 from dataclasses import dataclass, field
 
 from .errors import ProtocolError
@@ -20,6 +21,8 @@ DEFAULT_CONTENT_TYPE = "application/octet-stream"
 class ProducerState:
     epoch: int
     last_seq: int
+    #: When an append last moved this producer's state (for --producer-ttl, 5.2.1).
+    last_used: float = 0.0
 
 
 @dataclass(slots=True)
@@ -38,7 +41,7 @@ class StreamState:
     closed: bool = False
     closed_by: tuple[str, int, int] | None = None  # producer triple that closed it
     stream_seq: str | None = None
-    producers: dict[str, ProducerState] = field(default_factory=dict)
+    producers: MutableMapping[str, ProducerState] = field(default_factory=dict)
     source_id: int | None = None  # fork: the stream whose data it inherits
     forked_from: str | None = None  # fork: the source's path, as given
     fork_pos: int | None = None  # fork: inherited data ends here
@@ -56,9 +59,16 @@ class StreamState:
             return True
         return self.ttl is not None and now >= self.last_access + self.ttl
 
-    def copy(self) -> StreamState:
+    def copy(self, *, share_producers: bool = False) -> StreamState:
+        """A copy; its producer table is a copy too unless ``share_producers``.
+
+        A durable backend that records producer changes separately shares the
+        table, so copying a stream costs the same with 1 or 100,000 producers.
+        """
         clone = StreamState(**{name: getattr(self, name) for name in self.__slots__})
-        clone.producers = {k: ProducerState(v.epoch, v.last_seq) for k, v in self.producers.items()}
+        if not share_producers:
+            clone.producers = {k: ProducerState(v.epoch, v.last_seq, v.last_used)
+                               for k, v in self.producers.items()}
         return clone
 
 
@@ -220,6 +230,7 @@ def apply_append(state: StreamState, req: AppendRequest, decision: AppendDecisio
     if req.stream_seq is not None:
         state.stream_seq = req.stream_seq
     if req.producer is not None and decision.producer_state is not None:
+        decision.producer_state.last_used = now
         state.producers[req.producer.id] = decision.producer_state
     if req.close:
         state.closed = True

@@ -20,6 +20,7 @@ from ..protocol.state import (
     apply_append,
     decide_append,
 )
+from . import registry as reg
 from .base import Store, scan_records
 from .plans import Plan, plan_create, plan_delete
 
@@ -41,7 +42,11 @@ class MemoryStore(Store):
         self._records: dict[int, _Records] = {}
         self._ids = itertools.count(1)
 
+    async def start(self) -> None:
+        await self._open_registry()
+
     def _apply(self, plan: Plan) -> None:
+        """Apply a plan and its registry event at once (nothing can interleave)."""
         for state in plan.states:
             self._by_path[state.path] = state
             self._by_id[state.id] = state
@@ -56,6 +61,19 @@ class MemoryStore(Store):
             self._records.pop(state.id, None)
         for state in (*plan.states, *plan.dropped):
             self.notifier.changed(state.id)
+        if plan.changes and self.registry is not None:
+            registry = self._by_path.get(self.registry)
+            payload = reg.changes_payload(plan.changes, self.registry)
+            if payload and registry is not None and reg.can_record(registry):
+                self._write(registry, payload)
+                registry.last_access = time.time()
+                self.notifier.changed(registry.id)
+
+    def _write(self, state: StreamState, payload: bytes) -> None:
+        records = self._records.setdefault(state.id, _Records())
+        state.tail += len(payload)
+        records.ends.append(state.tail)
+        records.datas.append(payload)
 
     def _expire(self, state: StreamState) -> None:
         self._apply(plan_delete(self._state_by_id, state))

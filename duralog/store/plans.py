@@ -33,6 +33,9 @@ class Plan:
     dropped: list[StreamState] = field(default_factory=list)
     created: bool = False
     result: StreamState | None = None
+    #: Registry changes this plan makes, as (operation, state): written in the
+    #: same commit as the plan (store.registry).
+    changes: list[tuple[str, StreamState]] = field(default_factory=list)
 
 
 def plan_create(lookup: Lookup, path: str, req: CreateRequest, payload: bytes | None,
@@ -82,6 +85,7 @@ def plan_create(lookup: Lookup, path: str, req: CreateRequest, payload: bytes | 
         state.tail += len(payload)
         plan.records.append((state.id, state.tail, payload))
     plan.states.append(state)
+    plan.changes.append(("insert", state))
     return plan
 
 
@@ -92,8 +96,11 @@ def plan_delete(lookup_id: LookupId, state: StreamState) -> Plan:
         marked = state.copy()
         marked.soft_deleted = True
         plan.states.append(marked)
+        plan.changes.append(("delete", marked))
         return plan
     plan.dropped.append(state)
+    # A source dropped in the cascade below was recorded when it was soft-deleted.
+    plan.changes.append(("delete", state))
     current = state
     while current.source_id is not None:
         parent = lookup_id(current.source_id)
