@@ -66,6 +66,24 @@ def storage_error(exc: BaseException) -> ProtocolError:
     return ProtocolError(503, f"storage error, nothing was written: {reason}")
 
 
+def record_rows(stream_id: int, end: int, payload: bytes
+                ) -> list[tuple[int, int, int, bytes, int]]:
+    """The ``records`` rows of one append ending at ``end``: (stream, end, kind, data, sum)."""
+    n = len(payload)
+    if n <= PIECE:
+        return [(stream_id, end, HEAD, payload, record_checksum(stream_id, end, HEAD, payload))]
+    start = end - n
+    rows = []
+    view = memoryview(payload)
+    for off in range(0, n, PIECE):
+        piece = bytes(view[off:off + PIECE])
+        kind = (HEAD if off == 0 else 0) | (MORE if off + PIECE < n else 0)
+        piece_end = start + off + len(piece)
+        rows.append((stream_id, piece_end, kind, piece,
+                     record_checksum(stream_id, piece_end, kind, piece)))
+    return rows
+
+
 class Batch:
     """One transaction's view: shadow copies over the writer's committed states."""
 
@@ -130,22 +148,10 @@ class Batch:
 
     # -- changes ----------------------------------------------------------------
     def add_payload(self, stream_id: int, end: int, payload: bytes) -> None:
-        n = len(payload)
-        self.nbytes += n
-        start = end - n
-        if n <= PIECE:
-            self.records.append((stream_id, end, HEAD, payload,
-                                 record_checksum(stream_id, end, HEAD, payload)))
-            self.tails.append((stream_id, end, payload))
-            return
-        view = memoryview(payload)
-        for off in range(0, n, PIECE):
-            piece = bytes(view[off:off + PIECE])
-            kind = (HEAD if off == 0 else 0) | (MORE if off + PIECE < n else 0)
-            piece_end = start + off + len(piece)
-            self.records.append((stream_id, piece_end, kind, piece,
-                                 record_checksum(stream_id, piece_end, kind, piece)))
-        self.tails.append((stream_id, end, None))  # too big to cache: the cache restarts after it
+        self.nbytes += len(payload)
+        self.records.extend(record_rows(stream_id, end, payload))
+        # Too big to cache (None): the cache restarts after it.
+        self.tails.append((stream_id, end, payload if len(payload) <= PIECE else None))
 
     def apply(self, plan: Plan) -> None:
         """Apply a create/delete plan (store.plans) and its registry event to the overlay."""
