@@ -97,8 +97,10 @@ class SQLiteStore(Writer, Store):
         self._flusher: asyncio.Task[None] | None = None
         self._open = False
         self._gc_pending = False
+        self._gc_retry_at = 0.0
         self.counters = {"batches": 0, "ops": 0, "commits": 0, "checksum_errors": 0,
-                         "read_errors": 0, "producers_dropped": 0}
+                         "read_errors": 0, "producers_dropped": 0,
+                         "streams_reclaimed": 0}
 
     # -- lifecycle -------------------------------------------------------------
     async def start(self) -> None:
@@ -163,6 +165,7 @@ class SQLiteStore(Writer, Store):
         except BaseException:
             con.close()
             raise
+        self._make_reserve()
         self.instance_tag = meta["instance_tag"]
         self._next_id = int(meta["next_id"])
         for state in states:

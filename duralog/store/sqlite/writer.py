@@ -10,11 +10,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import queue
 import sqlite3
 import threading
 import time
 from collections import ChainMap
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ...protocol.errors import ProtocolError
@@ -39,8 +41,14 @@ MAX_BATCH_BYTES = 32 << 20
 
 #: Reclaiming space of deleted streams: record bytes removed per step, streams
 #: finished per step, and pages given back to the file system per vacuum step.
-GC_STEP_BYTES = 4 << 20
+GC_STEP_BYTES = 8 << 20
+GC_STEP_STREAMS = 512
 VACUUM_STEP_PAGES = 2048
+#: Under constant load the queue is never idle: one reclaim step this often (s).
+GC_BUSY_INTERVAL = 0.25
+#: Room kept aside so that a DELETE can be written on a full disk (it frees space).
+RESERVE_BYTES = 8 << 20
+RESERVE_NAME = "duralog.reserve"
 
 # Operation kinds on the writer's queue.
 APPEND, CREATE, DELETE, EXPIRE, ACCESS, PRODUCERS, STOP = range(7)
@@ -57,6 +65,8 @@ class Writer:
         _w_by_path: dict[str, StreamState]
         _next_id: int
         _gc_pending: bool
+        _gc_retry_at: float
+        data_dir: Path
         registry: str | None
         counters: dict[str, int]
         _writer: threading.Thread | None
@@ -67,11 +77,18 @@ class Writer:
         q = self._queue
         last_gc = time.monotonic()
         while True:
-            try:
-                first = q.get(timeout=0.2) if self._gc_pending else q.get()
-            except queue.Empty:
-                self._collect_garbage()
-                continue
+            if self._gc_pending:
+                # Idle with space to reclaim: reclaim steps back to back until an
+                # operation arrives (each step is one short transaction); after a
+                # failed step, wait a second before the next.
+                wait = self._gc_retry_at - time.monotonic()
+                try:
+                    first = q.get(timeout=wait) if wait > 0 else q.get_nowait()
+                except queue.Empty:
+                    self._collect_garbage()
+                    continue
+            else:
+                first = q.get()
             ops = [first]
             nbytes = 0
             stop = first[0] == STOP
@@ -95,7 +112,7 @@ class Writer:
                 self._hand_over(None, [(op[3], None, err) for op in ops], [])
             if stop:
                 return
-            if self._gc_pending and time.monotonic() - last_gc > 1.0:
+            if self._gc_pending and time.monotonic() - last_gc > GC_BUSY_INTERVAL:
                 # Under constant load the queue is never idle: reclaim a step anyway.
                 self._collect_garbage()
                 last_gc = time.monotonic()
@@ -145,6 +162,12 @@ class Writer:
                 return
             if not isinstance(exc, sqlite3.Error):
                 log.exception("writer failed on %s", ops[0][0])
+            elif (ops[0][0] in (DELETE, EXPIRE) and storage_error(exc).status == 507
+                  and self._release_reserve()):
+                # A delete frees space, so it must work on a full disk: the reserve
+                # file gives its transaction (and the reclaiming after it) room.
+                self._run_batch(ops, split_on_error=False)
+                return
             err = storage_error(exc) if isinstance(exc, sqlite3.Error) else ProtocolError(
                 503, "internal storage error, nothing was written")
             self._hand_over(None, [(op[3], None, err) for op in ops], expired)
@@ -256,21 +279,32 @@ class Writer:
                 con.execute("ROLLBACK")
 
     def _collect_garbage(self) -> None:
-        """Remove records of dropped streams a step at a time, then give space back."""
+        """One reclaim step: remove records of dropped streams (up to GC_STEP_BYTES of
+        positions and GC_STEP_STREAMS streams per transaction), then give free
+        pages back to the file system (incremental vacuum), then restore the reserve."""
         con = self._con
         assert con is not None
         try:
-            row = con.execute("SELECT stream FROM garbage LIMIT 1").fetchone()
-            if row is not None:
-                stream_id = row[0]
-                first = con.execute("SELECT min(end_pos) FROM records WHERE stream = ?",
-                                    (stream_id,)).fetchone()[0]
+            ids = [r[0] for r in con.execute("SELECT stream FROM garbage LIMIT ?",
+                                             (GC_STEP_STREAMS,))]
+            if ids:
+                budget = GC_STEP_BYTES
                 con.execute("BEGIN IMMEDIATE")
-                if first is None:
+                for stream_id in ids:
+                    first, last = con.execute(
+                        "SELECT min(end_pos), max(end_pos) FROM records WHERE stream = ?",
+                        (stream_id,)).fetchone()
+                    if first is not None and last - first >= budget:
+                        con.execute("DELETE FROM records WHERE stream = ? AND end_pos <= ?",
+                                    (stream_id, first + budget))
+                        break
+                    if first is not None:
+                        con.execute("DELETE FROM records WHERE stream = ?", (stream_id,))
+                        budget -= last - first + 1
                     con.execute("DELETE FROM garbage WHERE stream = ?", (stream_id,))
-                else:
-                    con.execute("DELETE FROM records WHERE stream = ? AND end_pos <= ?",
-                                (stream_id, first + GC_STEP_BYTES))
+                    self.counters["streams_reclaimed"] += 1
+                    if budget <= 0:
+                        break
                 con.execute("COMMIT")
                 return
             free = con.execute("PRAGMA freelist_count").fetchone()[0]
@@ -283,9 +317,41 @@ class Writer:
                 con.executescript(f"PRAGMA incremental_vacuum({VACUUM_STEP_PAGES});")
                 return
             self._gc_pending = False
+            self._make_reserve()
         except sqlite3.Error as exc:
             self._rollback()
             log.warning("reclaiming space failed (will retry): %s", exc)
+            self._gc_retry_at = time.monotonic() + 1.0
+
+    # -- the reserve: room for a DELETE on a full disk ---------------------------------
+    def _make_reserve(self) -> None:
+        path = self.data_dir / RESERVE_NAME
+        if path.exists():
+            return
+        tmp = path.with_name(RESERVE_NAME + ".new")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                os.posix_fallocate(fd, 0, RESERVE_BYTES)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, path)
+        except OSError as exc:
+            # No room even for the reserve: try again after the next reclaim.
+            tmp.unlink(missing_ok=True)
+            log.warning("cannot keep %s (%s); a DELETE on a full disk may fail", path, exc)
+
+    def _release_reserve(self) -> bool:
+        """Give the reserve's room back to the file system; False if there was none."""
+        path = self.data_dir / RESERVE_NAME
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            return False
+        log.warning("disk full: released %s so a delete can free space", path)
+        self._gc_pending = True  # recreate it once reclaiming is done
+        return True
 
     def _drop_producers(self, cutoff: float) -> int:
         """5.2.1: drop producer state last used before ``cutoff``, in its own transaction.
