@@ -41,7 +41,7 @@ MAX_BATCH_BYTES = 32 << 20
 
 #: Reclaiming space of deleted streams: record bytes removed per step, streams
 #: finished per step, and pages given back to the file system per vacuum step.
-GC_STEP_BYTES = 8 << 20
+GC_STEP_BYTES = 4 << 20
 GC_STEP_STREAMS = 512
 VACUUM_STEP_PAGES = 2048
 #: Under constant load the queue is never idle: one reclaim step this often (s).
@@ -294,13 +294,19 @@ class Writer:
                     first, last = con.execute(
                         "SELECT min(end_pos), max(end_pos) FROM records WHERE stream = ?",
                         (stream_id,)).fetchone()
-                    if first is not None and last - first >= budget:
-                        con.execute("DELETE FROM records WHERE stream = ? AND end_pos <= ?",
-                                    (stream_id, first + budget))
-                        break
                     if first is not None:
+                        # Bytes held: positions from the first record's start to the end
+                        # (length() reads a row's header, not its overflow pages).
+                        (head,) = con.execute(
+                            "SELECT length(data) FROM records WHERE stream = ? AND end_pos = ?",
+                            (stream_id, first)).fetchone()
+                        size = last - first + head
+                        if size > budget:
+                            con.execute("DELETE FROM records WHERE stream = ? AND end_pos <= ?",
+                                        (stream_id, first + budget))
+                            break
                         con.execute("DELETE FROM records WHERE stream = ?", (stream_id,))
-                        budget -= last - first + 1
+                        budget -= size
                     con.execute("DELETE FROM garbage WHERE stream = ?", (stream_id,))
                     self.counters["streams_reclaimed"] += 1
                     if budget <= 0:
