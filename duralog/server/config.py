@@ -23,6 +23,9 @@ class Config:
     compression: bool = True
     sweep_interval: float = 5.0  # seconds between background sweeps of expired streams
     registry: bool = True
+    #: PROTOCOL.md 5.2.1: producer state unused this long (seconds) is dropped, so a
+    #: retry older than this is no longer recognised as a duplicate.
+    producer_ttl: float = 7 * 86400.0
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None, **overrides: object) -> Config:
@@ -44,7 +47,7 @@ class Config:
             raise ValueError(f"port must be 0-65535, not {self.port}")
         if self.backend not in ("memory", "sqlite"):
             raise ValueError(f"backend must be memory or sqlite, not {self.backend!r}")
-        for name in ("long_poll_timeout", "sse_max_duration", "sweep_interval"):
+        for name in ("long_poll_timeout", "sse_max_duration", "sweep_interval", "producer_ttl"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name.replace('_', '-')} must be positive")
         for name in ("chunk_size", "max_body_size"):

@@ -10,9 +10,7 @@ from __future__ import annotations
 import gzip
 import logging
 import time
-from typing import Any, Protocol
-
-import orjson
+from typing import Protocol
 
 from ..protocol import headers as H
 from ..protocol import jsonmode
@@ -21,12 +19,12 @@ from ..protocol.offsets import NOW, START, format_offset, parse_offset
 from ..protocol.paths import stream_name
 from ..protocol.state import AppendRequest, CreateRequest, StreamState
 from ..store import Store
+from ..store.registry import REGISTRY
 from .config import Config
 from .http import Headers, Request, Responses, Send, accepts_gzip, etag_matches, read_body
 
 log = logging.getLogger("duralog")
 
-REGISTRY = "__registry__"
 _COMPRESS_MIN = 1024
 # 10.1: catch-up data is cacheable; shared streams may be cached publicly.
 _CACHEABLE = b"public, max-age=60, stale-while-revalidate=300"
@@ -112,7 +110,6 @@ class StreamOps:
         if created:
             # 5.1: Location names the stream that was created.
             headers.append((b"location", self._location(req).encode()))
-            await self.record_registry("insert", state)
         await self.http.respond(send, 201 if created else 200, headers)
 
     def _source_name(self, value: str) -> str:
@@ -190,9 +187,8 @@ class StreamOps:
 
     # -- DELETE (5.4) ----------------------------------------------------------
     async def delete(self, req: Request, send: Send) -> None:
-        state = self.live_state(req.name)
+        self.live_state(req.name)
         await self.store.delete(req.name)
-        await self.record_registry("delete", state)
         await self.http.respond(send, 204, [])
 
     def live_state(self, name: str) -> StreamState:
@@ -309,26 +305,6 @@ class StreamOps:
         if state is None or state.id != stream_id or state.soft_deleted:
             return None
         return state
-
-
-    async def record_registry(self, operation: str, state: StreamState) -> None:
-        """Record creates and deletes in __registry__ as State Protocol changes."""
-        if not self.config.registry or name_is_registry(state.path):
-            return
-        event: dict[str, Any] = {"type": "stream", "key": state.path,
-                                 "headers": {"operation": operation}}
-        if operation == "insert":
-            event["value"] = {"path": state.path, "contentType": state.content_type,
-                              "createdAt": int(state.created_at * 1000)}
-        try:
-            registry = self.store.get(REGISTRY)
-            if registry is None:
-                await self.store.create(REGISTRY, CreateRequest(content_type="application/json"),
-                                        None)
-            await self.store.append(REGISTRY, AppendRequest(
-                payload=orjson.dumps(event), content_type="application/json"))
-        except ProtocolError as err:  # a closed or deleted registry must not fail the request
-            log.warning("registry not updated for %s: %s", state.path, err.reason)
 
 
 def name_is_registry(name: str) -> bool:
