@@ -227,7 +227,7 @@ def test_check_repairs_what_it_claims(tmp_path: Path) -> None:
         # ...a wrong reference count, records past a tail, a garbage entry naming a
         # live stream (which would delete its data), and a stale id counter.
         con.execute("UPDATE streams SET refcount = 5 WHERE path = 'src'")
-        con.execute("INSERT INTO records VALUES (?, 1000000, 1, x'00', ?)",
+        con.execute("INSERT INTO records VALUES (?, 1000000, 1, x'00', ?, 0)",
                     (victim, record_checksum(victim, 1000000, 1, b"\0")))
         con.execute("INSERT INTO garbage VALUES (?)", (victim,))
         con.execute("UPDATE meta SET value = '1' WHERE key = 'next_id'")

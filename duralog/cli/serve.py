@@ -32,6 +32,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="drop idempotent-producer state unused this long; a retry older "
                         "than this is no longer recognised as a duplicate (default 604800, "
                         "7 days; DURALOG_PRODUCER_TTL)")
+    p.add_argument("--retention-bytes", type=parse_size, metavar="BYTES",
+                   help="keep at most this much of each stream created without "
+                        "Stream-Retention-Bytes (default 0: keep all; DURALOG_RETENTION_BYTES)")
+    p.add_argument("--retention-seconds", type=int, metavar="SECONDS",
+                   help="drop appends older than this from streams created without "
+                        "Stream-Retention-Seconds (default 0: keep all; "
+                        "DURALOG_RETENTION_SECONDS)")
     p.add_argument("--log-level", default="warning",
                    choices=["critical", "error", "warning", "info", "debug"])
     p.set_defaults(run=run)
@@ -46,7 +53,8 @@ def run(args: argparse.Namespace) -> int:
         config = Config.from_env(
             host=args.host, port=args.port, backend=args.backend, data_dir=args.data_dir,
             long_poll_timeout=args.long_poll_timeout, chunk_size=args.chunk_size,
-            max_body_size=args.max_body_size, producer_ttl=args.producer_ttl)
+            max_body_size=args.max_body_size, producer_ttl=args.producer_ttl,
+            retention_bytes=args.retention_bytes, retention_seconds=args.retention_seconds)
     except ValueError as err:
         print(f"duralog serve: {err}", file=sys.stderr)
         return 2

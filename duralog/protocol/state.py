@@ -48,6 +48,11 @@ class StreamState:
     fork_sub: int = 0
     refcount: int = 0  # forks that inherit from this stream
     soft_deleted: bool = False
+    # Retention (an extension; PROTOCOL.md 4 lets servers drop old data): the
+    # newest data kept, by bytes and by age; None keeps everything.
+    retention_bytes: int | None = None
+    retention_seconds: int | None = None
+    start: int = 0  # earliest retained position; reads before it answer 410
 
     @property
     def next_offset(self) -> str:
@@ -86,6 +91,8 @@ class CreateRequest:
     forked_from: str | None = None
     fork_pos: int | None = None  # None: the source's tail
     fork_sub: int = 0
+    retention_bytes: int | None = None
+    retention_seconds: int | None = None
 
 
 def same_config(state: StreamState, req: CreateRequest) -> bool:
@@ -94,6 +101,9 @@ def same_config(state: StreamState, req: CreateRequest) -> bool:
     if media_type(wanted_type or DEFAULT_CONTENT_TYPE) != media_type(state.content_type):
         return False
     if req.forked_from != state.forked_from:
+        return False
+    if (req.retention_bytes, req.retention_seconds) != (state.retention_bytes,
+                                                         state.retention_seconds):
         return False
     if req.forked_from is not None:
         if req.fork_pos is not None and req.fork_pos != state.fork_pos:

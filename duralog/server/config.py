@@ -26,6 +26,9 @@ class Config:
     #: PROTOCOL.md 5.2.1: producer state unused this long (seconds) is dropped, so a
     #: retry older than this is no longer recognised as a duplicate.
     producer_ttl: float = 7 * 86400.0
+    #: Retention for streams created without Stream-Retention-* headers; 0: keep all.
+    retention_bytes: int = 0
+    retention_seconds: int = 0
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None, **overrides: object) -> Config:
@@ -50,6 +53,9 @@ class Config:
         for name in ("long_poll_timeout", "sse_max_duration", "sweep_interval", "producer_ttl"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name.replace('_', '-')} must be positive")
+        for name in ("retention_bytes", "retention_seconds"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name.replace('_', '-')} must be 0 (keep all) or positive")
         for name in ("chunk_size", "max_body_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name.replace('_', '-')} must be at least 1 byte")

@@ -12,6 +12,7 @@ Readers see committed data only: ``get`` returns the committed state, and
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from abc import ABC, abstractmethod
 from bisect import bisect_right
@@ -23,8 +24,11 @@ from ..protocol.headers import is_json
 from ..protocol.jsonmode import fragment, fragment_messages
 from ..protocol.state import AppendDecision, AppendRequest, CreateRequest, StreamState
 from . import registry as reg
+from .plans import gone_before
 
 UNBOUNDED = 1 << 62
+
+log = logging.getLogger("duralog.store")
 
 #: PROTOCOL.md 5.2.1 (producer state cleanup): producer state unused for this
 #: long is dropped; a producer that comes back later is treated as new.
@@ -237,14 +241,20 @@ class Store(ABC):
         if not reg.can_record(state):
             return 0
         fragments: list[bytes] = []
-        pos = 0
-        while pos < state.tail:
-            chunk = await self.read(state, pos, 1 << 20, whole=True)
-            fragments.extend(chunk.parts)
-            if chunk.next_pos <= pos:
-                break
-            pos = chunk.next_pos
-        live = reg.replay(fragments)
+        pos = state.start
+        try:
+            while pos < state.tail:
+                chunk = await self.read(state, pos, 1 << 20, whole=True)
+                fragments.extend(chunk.parts)
+                if chunk.next_pos <= pos:
+                    break
+                pos = chunk.next_pos
+            live = reg.replay(fragments)
+        except (ProtocolError, ValueError) as exc:
+            # Damaged registry data: serve the streams anyway; `duralog check` reports it.
+            reason = exc.reason if isinstance(exc, ProtocolError) else str(exc)
+            log.error("cannot verify the registry against the streams: %s", reason)
+            return 0
         streams = [s for s in self.all_states() if not s.soft_deleted]
         events = reg.missing_events(live, streams, name)
         if events:
@@ -304,6 +314,11 @@ class Store(ABC):
         """
         if whole is None:
             whole = is_json(state.content_type)
+        current = self._state_by_id(state.id)
+        if current is not None and current.start > state.start:
+            state = current  # retention moved the start since this reader's snapshot
+        if pos < state.start:
+            raise gone_before(state)  # retention dropped it (store/retention.py)
         parts: list[bytes] = []
         next_pos = pos
         budget = max_bytes

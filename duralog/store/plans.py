@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from ..protocol.errors import ProtocolError
 from ..protocol.headers import media_type
+from ..protocol.offsets import format_offset
 from ..protocol.state import (
     DEFAULT_CONTENT_TYPE,
     CreateRequest,
@@ -19,6 +20,15 @@ from ..protocol.state import (
     fork_expiry,
     same_config,
 )
+
+
+def gone_before(state: StreamState) -> ProtocolError:
+    """410 for an offset before the earliest retained one (retention, PROTOCOL.md 4)."""
+    return ProtocolError(410, "offset is before the earliest retained data", {
+        EARLIEST_OFFSET_HEADER: format_offset(state.start)})
+
+
+EARLIEST_OFFSET_HEADER = "stream-earliest-offset"
 
 Lookup = Callable[[str], "StreamState | None"]
 LookupId = Callable[[int], "StreamState | None"]
@@ -52,7 +62,8 @@ def plan_create(lookup: Lookup, path: str, req: CreateRequest, payload: bytes | 
     state = StreamState(id=new_id, path=path, content_type=req.content_type or "",
                         created_at=now, last_access=now, ttl=req.ttl,
                         expires_at=req.expires_at, expires_ts=req.expires_ts,
-                        closed=req.closed)
+                        closed=req.closed, retention_bytes=req.retention_bytes,
+                        retention_seconds=req.retention_seconds)
     plan = Plan(created=True, result=state)
     if req.forked_from is not None:
         source = lookup(req.forked_from)
@@ -65,6 +76,8 @@ def plan_create(lookup: Lookup, path: str, req: CreateRequest, payload: bytes | 
         fork_pos = source.tail if req.fork_pos is None else req.fork_pos
         if fork_pos > source.tail:
             raise ProtocolError(400, "Stream-Fork-Offset is beyond the source stream's tail")
+        if fork_pos < source.start:
+            raise gone_before(source)
         state.content_type = source.content_type
         state.ttl, state.expires_at, state.expires_ts = fork_expiry(req, source)
         state.source_id = source.id
@@ -72,6 +85,8 @@ def plan_create(lookup: Lookup, path: str, req: CreateRequest, payload: bytes | 
         state.fork_pos = fork_pos
         state.fork_sub = req.fork_sub
         state.tail = fork_pos
+        # A fork reads the source's data that is still retained (retention).
+        state.start = source.start
         if prefix:
             state.tail += len(prefix)
             plan.records.append((state.id, state.tail, prefix))

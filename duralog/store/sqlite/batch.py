@@ -66,12 +66,14 @@ def storage_error(exc: BaseException) -> ProtocolError:
     return ProtocolError(503, f"storage error, nothing was written: {reason}")
 
 
-def record_rows(stream_id: int, end: int, payload: bytes
-                ) -> list[tuple[int, int, int, bytes, int]]:
-    """The ``records`` rows of one append ending at ``end``: (stream, end, kind, data, sum)."""
+def record_rows(stream_id: int, end: int, payload: bytes, ts: float
+                ) -> list[tuple[int, int, int, bytes, int, float]]:
+    """The ``records`` rows of one append ending at ``end``, committed at ``ts``:
+    (stream, end, kind, data, checksum, ts)."""
     n = len(payload)
     if n <= PIECE:
-        return [(stream_id, end, HEAD, payload, record_checksum(stream_id, end, HEAD, payload))]
+        return [(stream_id, end, HEAD, payload, record_checksum(stream_id, end, HEAD, payload),
+                 ts)]
     start = end - n
     rows = []
     view = memoryview(payload)
@@ -80,7 +82,7 @@ def record_rows(stream_id: int, end: int, payload: bytes
         kind = (HEAD if off == 0 else 0) | (MORE if off + PIECE < n else 0)
         piece_end = start + off + len(piece)
         rows.append((stream_id, piece_end, kind, piece,
-                     record_checksum(stream_id, piece_end, kind, piece)))
+                     record_checksum(stream_id, piece_end, kind, piece), ts))
     return rows
 
 
@@ -103,6 +105,7 @@ class Batch:
         "results",
         "states",
         "tails",
+        "trims",
     )
 
     def __init__(self, by_id: dict[int, StreamState], by_path: dict[str, StreamState],
@@ -114,10 +117,11 @@ class Batch:
         self.states: dict[int, StreamState] = {}  # shadows changed in this batch
         self.paths: dict[str, StreamState | None] = {}  # path overlay; None: removed
         self.dropped: dict[int, StreamState] = {}
-        self.records: list[tuple[int, int, int, bytes, int]] = []  # (stream, end, kind, data, sum)
+        self.records: list[tuple[int, int, int, bytes, int, float]] = []  # record_rows()
         self.tails: list[tuple[int, int, bytes | None]] = []  # for the cache; None: reset
         self.producers: set[tuple[int, str]] = set()
         self.access: dict[int, float] = {}
+        self.trims: dict[int, int] = {}  # retention: stream id -> new start
         self.removed: list[StreamState] = []  # expired streams, for Store._removed
         self.results: list[tuple[asyncio.Future[Any] | None, Any, BaseException | None]] = []
         self.next_id = next_id
@@ -149,7 +153,7 @@ class Batch:
     # -- changes ----------------------------------------------------------------
     def add_payload(self, stream_id: int, end: int, payload: bytes) -> None:
         self.nbytes += len(payload)
-        self.records.extend(record_rows(stream_id, end, payload))
+        self.records.extend(record_rows(stream_id, end, payload, self.now))
         # Too big to cache (None): the cache restarts after it.
         self.tails.append((stream_id, end, payload if len(payload) <= PIECE else None))
 

@@ -28,6 +28,7 @@ Run it while no server uses the directory.
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -197,6 +198,8 @@ class _Checker:
                 if end > state.tail:
                     past_tail[stream_id] += 1
                     continue
+                if end <= state.start:
+                    continue  # dropped by retention, kept while forks read it
                 if stream_id in ends:
                     prev_end = ends[stream_id][1]
                     if start != prev_end and stream_id not in gaps:
@@ -218,7 +221,7 @@ class _Checker:
                 if self.repair:
                     self.con.execute("DELETE FROM garbage WHERE stream = ?", (stream_id,))
                 self.fixed(f)
-            base = state.fork_pos or 0
+            base = max(state.fork_pos or 0, state.start)
             first, last = ends.get(stream_id, (base, base))
             if stream_id in past_tail:
                 f = report.add("tail", f"stream {state.path!r}: {past_tail[stream_id]} "
@@ -331,8 +334,8 @@ class _Checker:
         if self.repair and f.repairable:
             payload = reg.encode_events(events)
             end = registry.tail + len(payload)
-            self.con.executemany("INSERT INTO records VALUES (?, ?, ?, ?, ?)",
-                                 record_rows(registry.id, end, payload))
+            self.con.executemany("INSERT INTO records VALUES (?, ?, ?, ?, ?, ?)",
+                                 record_rows(registry.id, end, payload, time.time()))
             self.con.execute("UPDATE streams SET tail = ? WHERE id = ?", (end, registry.id))
             registry.tail = end
         self.fixed(f)

@@ -52,7 +52,10 @@ CREATE TABLE IF NOT EXISTS streams (
     fork_pos INTEGER,
     fork_sub INTEGER NOT NULL,
     refcount INTEGER NOT NULL,
-    soft_deleted INTEGER NOT NULL
+    soft_deleted INTEGER NOT NULL,
+    retention_bytes INTEGER,
+    retention_seconds INTEGER,
+    start INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS producers (
     stream INTEGER NOT NULL,
@@ -68,6 +71,7 @@ CREATE TABLE IF NOT EXISTS records (
     kind INTEGER NOT NULL,
     data BLOB NOT NULL,
     checksum INTEGER,
+    ts REAL NOT NULL DEFAULT 0,
     PRIMARY KEY (stream, end_pos)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS garbage (
@@ -104,7 +108,8 @@ def state_row(s: StreamState) -> tuple[Any, ...]:
     closed_by = orjson.dumps(s.closed_by).decode() if s.closed_by is not None else None
     return (s.id, s.path, s.content_type, s.created_at, s.tail, s.ttl, s.expires_at,
             s.expires_ts, s.last_access, int(s.closed), closed_by, s.stream_seq, s.source_id,
-            s.forked_from, s.fork_pos, s.fork_sub, s.refcount, int(s.soft_deleted))
+            s.forked_from, s.fork_pos, s.fork_sub, s.refcount, int(s.soft_deleted),
+            s.retention_bytes, s.retention_seconds, s.start)
 
 
 _INT = (int,)
@@ -118,6 +123,7 @@ _COLUMNS: list[tuple[str, tuple[type, ...], bool]] = [
     ("closed", _INT, False), ("closed_by", _STR, True), ("stream_seq", _STR, True),
     ("source_id", _INT, True), ("forked_from", _STR, True), ("fork_pos", _INT, True),
     ("fork_sub", _INT, False), ("refcount", _INT, False), ("soft_deleted", _INT, False),
+    ("retention_bytes", _INT, True), ("retention_seconds", _INT, True), ("start", _INT, False),
 ]
 
 
@@ -130,8 +136,8 @@ def state_from_row(r: tuple[Any, ...]) -> StreamState:
             continue
         if not isinstance(value, types) or isinstance(value, bool):
             raise ValueError(f"column {name} holds {value!r}")
-    if r[4] < 0:
-        raise ValueError(f"column tail holds {r[4]!r}")
+    if r[4] < 0 or not 0 <= r[20] <= r[4]:
+        raise ValueError(f"columns tail, start hold {r[4]!r}, {r[20]!r}")
     closed_by = None
     if r[10] is not None:
         try:
@@ -146,7 +152,8 @@ def state_from_row(r: tuple[Any, ...]) -> StreamState:
         expires_at=r[6], expires_ts=r[7], last_access=r[8], closed=bool(r[9]),
         closed_by=closed_by,  # type: ignore[arg-type]
         stream_seq=r[11], source_id=r[12], forked_from=r[13], fork_pos=r[14],
-        fork_sub=r[15], refcount=r[16], soft_deleted=bool(r[17]))
+        fork_sub=r[15], refcount=r[16], soft_deleted=bool(r[17]), retention_bytes=r[18],
+        retention_seconds=r[19], start=r[20])
 
 
 # -- opening ------------------------------------------------------------------------
@@ -234,11 +241,16 @@ def open_database(path: Path, max_page_count: int | None = None) -> sqlite3.Conn
 
 def migrate_1_to_2(con: sqlite3.Connection, step: int = 1000) -> None:
     """Format 1 -> 2, in one transaction: checksums for every record (computed
-    from the stored bytes, which is all we have) and producer last-used times
-    (set to now, so every producer gets a full --producer-ttl from the upgrade)."""
+    from the stored bytes, which is all we have), producer last-used times (set
+    to now, so every producer gets a full --producer-ttl from the upgrade), and
+    the retention columns (no retention, everything retained)."""
     con.execute("BEGIN IMMEDIATE")
     try:
         con.execute("ALTER TABLE records ADD COLUMN checksum INTEGER")
+        con.execute("ALTER TABLE records ADD COLUMN ts REAL NOT NULL DEFAULT 0")
+        con.execute("ALTER TABLE streams ADD COLUMN retention_bytes INTEGER")
+        con.execute("ALTER TABLE streams ADD COLUMN retention_seconds INTEGER")
+        con.execute("ALTER TABLE streams ADD COLUMN start INTEGER NOT NULL DEFAULT 0")
         con.execute("ALTER TABLE producers ADD COLUMN last_used REAL NOT NULL DEFAULT 0")
         con.execute("UPDATE producers SET last_used = ?", (time.time(),))
         last = (-1 << 62, -1 << 62)

@@ -26,7 +26,7 @@ from ...protocol.state import AppendDecision, AppendRequest, CreateRequest, Stre
 from ..base import Store, scan_records
 from .batch import HEAD, MORE
 from .schema import DB_NAME, configure, load, open_database, record_checksum
-from .writer import ACCESS, APPEND, CREATE, DELETE, EXPIRE, PRODUCERS, STOP, Writer
+from .writer import ACCESS, APPEND, CREATE, DELETE, EXPIRE, PRODUCERS, STOP, TRIM, Writer
 
 log = logging.getLogger("duralog.sqlite")
 
@@ -201,8 +201,19 @@ class SQLiteStore(Writer, Store):
         self._queue.put((EXPIRE, state.id, None, None))
 
     async def sweep_expired(self) -> int:
-        """4: remove every expired stream in the background; returns how many."""
+        """4: remove every expired stream in the background; returns how many.
+
+        Also trims streams with retention by age, and drops producer state
+        unused for ``producer_ttl`` (5.2.1).
+        """
         now = time.time()
+        if not self._open:
+            return 0
+        aged = [s.id for s in list(self._by_id.values())
+                if s.retention_seconds is not None and not s.soft_deleted]
+        if aged:
+            await self._submit(TRIM, aged, None)
+        await self._maybe_sweep_producers(now)
         expired = [s for s in list(self._by_path.values())
                    if not s.soft_deleted and s.is_expired(now) and s.id not in self._expiring]
         if not expired or not self._open:

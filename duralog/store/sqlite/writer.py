@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import os
 import queue
@@ -29,7 +30,8 @@ from ...protocol.state import (
     decide_append,
 )
 from ..plans import plan_create, plan_delete
-from .batch import Batch, insert_rows, storage_error
+from ..retention import trim_start
+from .batch import MORE, Batch, insert_rows, storage_error
 from .schema import state_row
 
 log = logging.getLogger("duralog.sqlite")
@@ -51,7 +53,7 @@ RESERVE_BYTES = 8 << 20
 RESERVE_NAME = "duralog.reserve"
 
 # Operation kinds on the writer's queue.
-APPEND, CREATE, DELETE, EXPIRE, ACCESS, PRODUCERS, STOP = range(7)
+APPEND, CREATE, DELETE, EXPIRE, ACCESS, PRODUCERS, TRIM, STOP = range(8)
 
 
 class Writer:
@@ -145,12 +147,21 @@ class Writer:
                         value = None
                     elif kind == PRODUCERS:
                         value = self._drop_producers(op[1])
+                    elif kind == TRIM:
+                        for stream_id in op[1]:
+                            state = batch.by_id(stream_id)
+                            if state is not None and not state.soft_deleted:
+                                self._trim(batch, state)
+                        value = None
                     else:  # STOP
                         value = None
                 except ProtocolError as err:
                     batch.results.append((op[3], None, err))
                     continue
                 batch.results.append((op[3], value, None))
+            for state in list(batch.states.values()):
+                if state.retention_bytes is not None and not state.soft_deleted:
+                    self._trim(batch, state)  # retention by size, after this batch's appends
             self._commit(batch)
         except Exception as exc:
             self._rollback()
@@ -244,8 +255,15 @@ class Writer:
         records = batch.records
         if dropped and records:
             records = [r for r in records if r[0] not in dropped]
+        for stream_id, start in batch.trims.items():
+            trimmed = states.get(stream_id)
+            if trimmed is None or trimmed.refcount:
+                continue  # retention: forks keep what they reference
+            con.execute("DELETE FROM records WHERE stream = ? AND end_pos <= ?",
+                        (stream_id, start))
+            records = [r for r in records if r[0] != stream_id or r[1] > start]
         if records:
-            insert_rows(con, "INSERT INTO records", 5, records)
+            insert_rows(con, "INSERT INTO records", 6, records)
         for stream_id in dropped:
             # The stream row goes now; its records are removed in the background
             # (ids are never reused, so leftover records are unreachable).
@@ -253,7 +271,7 @@ class Writer:
             con.execute("DELETE FROM producers WHERE stream = ?", (stream_id,))
             con.execute("INSERT OR IGNORE INTO garbage VALUES (?)", (stream_id,))
         if states:
-            insert_rows(con, "INSERT OR REPLACE INTO streams", 18,
+            insert_rows(con, "INSERT OR REPLACE INTO streams", 21,
                          [state_row(s) for s in states.values()])
         if batch.producers:
             rows = []
@@ -358,6 +376,26 @@ class Writer:
         log.warning("disk full: released %s so a delete can free space", path)
         self._gc_pending = True  # recreate it once reclaiming is done
         return True
+
+    def _trim(self, batch: Batch, state: StreamState) -> None:
+        """Retention (store/retention.py): move the stream's start past dropped appends.
+
+        The appends are the committed ones (from disk, from the start on) and then
+        this batch's; the scan stops at the first append that stays.
+        """
+        con = self._con
+        assert con is not None
+        cur = con.execute("SELECT end_pos, ts FROM records WHERE stream = ? AND end_pos > ? "
+                          "AND kind & ? = 0 ORDER BY end_pos", (state.id, state.start, MORE))
+        pending = ((r[1], r[5]) for r in batch.records if r[0] == state.id and not r[2] & MORE)
+        try:
+            new = trim_start(state, itertools.chain(cur, pending), batch.now)
+        finally:
+            cur.close()
+        if new > state.start:
+            shadow = batch.shadow(state)
+            shadow.start = new
+            batch.trims[state.id] = new
 
     def _drop_producers(self, cutoff: float) -> int:
         """5.2.1: drop producer state last used before ``cutoff``, in its own transaction.
