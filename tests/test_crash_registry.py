@@ -214,3 +214,108 @@ def test_kill_during_ttl_sweeps(tmp_path: Path) -> None:
     print(f"\nregistry crash test (TTL sweeps): {KILLS} SIGKILLs during sweeps of "
           f"{per_round} streams each; registry agreed after every restart")
     assert swept_total > 0  # some kills really landed after (or inside) a sweep
+
+
+class Appender(threading.Thread):
+    """Plain appends of numbered lines to a stream with retention; journals acks."""
+
+    def __init__(self, server: ServerProcess) -> None:
+        super().__init__(daemon=True)
+        self.server = server
+        self.acked: dict[int, int] = {}  # line number -> acknowledged end offset
+        self.unknown: set[int] = set()
+        self.done = False
+        self.n = 0
+        self.running = threading.Event()
+        self.running.set()
+        self.idle = threading.Event()
+
+    def pause(self) -> None:
+        self.running.clear()
+        self.idle.wait(30)
+
+    def run(self) -> None:
+        with httpx.Client(timeout=5) as client:
+            while not self.done:
+                if not self.running.is_set():
+                    self.idle.set()
+                    self.running.wait(0.1)
+                    continue
+                self.idle.clear()
+                line = f"R{self.n:07d}:{'x' * (self.n % 40)}\n".encode()
+                try:
+                    r = client.post(self.server.url + "/v1/stream/trimmed", content=line,
+                                    headers=TEXT)
+                except httpx.ConnectError:
+                    time.sleep(0.01)
+                    continue  # not sent; the same number is tried again
+                except httpx.HTTPError:
+                    self.unknown.add(self.n)
+                    self.n += 1
+                    continue
+                assert r.status_code == 204, r.text
+                self.acked[self.n] = int(r.headers["stream-next-offset"][17:])
+                self.n += 1
+
+
+def check_trimmed(server: ServerProcess, app: Appender, limit: int) -> int:
+    """The retained data is a whole-append suffix of what was written, at its offsets."""
+    url = server.url + "/v1/stream/trimmed"
+    head = httpx.head(url)
+    start = int(head.headers["stream-earliest-offset"][17:])
+    tail = int(head.headers["stream-next-offset"][17:])
+    data = httpx.get(url, params={"offset": "-1"}).content
+    assert len(data) == tail - start
+    lines = data.split(b"\n")
+    assert lines[-1] == b""  # whole appends only
+    pos = start
+    numbers = []
+    for raw in lines[:-1]:
+        n = int(raw[1:8])
+        assert raw + b"\n" == f"R{n:07d}:{'x' * (n % 40)}\n".encode()  # not torn
+        pos += len(raw) + 1
+        if n in app.acked:
+            assert app.acked[n] == pos  # at the offset it was acknowledged with
+        numbers.append(n)
+    assert numbers == sorted(set(numbers))
+    # Nothing acknowledged after the start is missing (retention drops the front only).
+    for n, end in app.acked.items():
+        if end > start and end <= tail:
+            assert n in numbers, n
+    # The rule: within the limit, or only the newest append left.
+    assert tail - start <= limit or len(numbers) <= 1
+    if start:
+        r = httpx.get(url, params={"offset": f"{0:016d}_{start - 1:016d}"})
+        assert r.status_code == 410
+    return len(numbers)
+
+
+@pytest.mark.timeout(300 + 6 * KILLS)
+def test_kill_during_retention_trimming(tmp_path: Path) -> None:
+    rng = random.Random()
+    log = tmp_path / "server.log"
+    limit = 3000
+    server = duralog_server("sqlite", data_dir=tmp_path / "data", port=free_port(),
+                            log_path=log).start()
+    assert httpx.put(server.url + "/v1/stream/trimmed", headers={
+        **TEXT, "stream-retention-bytes": str(limit)}).status_code == 201
+    app = Appender(server)
+    app.start()
+    try:
+        for _ in range(KILLS):
+            time.sleep(rng.uniform(0.1, 0.6))
+            server.kill()
+            app.pause()
+            check_killed(tmp_path / "data")
+            server.start()
+            check_trimmed(server, app, limit)
+            app.running.set()
+    finally:
+        app.done = True
+        app.running.set()
+        app.join(30)
+        server.stop()
+    print(f"\nretention crash test: {KILLS} SIGKILLs while appending to a stream kept at "
+          f"{limit} bytes; {len(app.acked)} acknowledged appends, retained data whole and "
+          "at its offsets after every restart")
+    assert len(app.acked) * 30 > 3 * limit  # it really trimmed
