@@ -9,7 +9,8 @@ log must not show one. They also check that nothing acknowledged is lost:
 a stream whose create (or delete) was acknowledged, with no later request on
 it whose outcome is unknown, exists (or does not) after the restart.
 
-DURALOG_CRASH_KILLS sets the rounds (at least 20 each, as in test_crash.py).
+Each test kills DURALOG_CRASH_KILLS times (default 5, which CI runs; the
+issue's figures come from DURALOG_CRASH_KILLS=20 or more).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ def db_paths(data_dir: Path, like: str) -> list[str]:
         return [r[0] for r in con.execute("SELECT path FROM streams WHERE path LIKE ?",
                                           (like,))]
 
-KILLS = max(20, int(os.environ.get("DURALOG_CRASH_KILLS", "20")))
+KILLS = max(1, int(os.environ.get("DURALOG_CRASH_KILLS", "5")))
 TEXT = {"content-type": "text/plain"}
 REPAIR_LINE = "the registry disagreed"
 
@@ -174,7 +175,7 @@ def test_kill_during_creates_and_deletes(tmp_path: Path) -> None:
         server.stop()
     print(f"\nregistry crash test (creates/deletes): {rounds} SIGKILLs, "
           f"{churn.acked} acknowledged creates/deletes, registry agreed after every restart")
-    assert rounds >= 20 and churn.acked > 50
+    assert rounds == KILLS and churn.acked > 10 * KILLS
 
 
 @pytest.mark.timeout(300 + 10 * KILLS)
