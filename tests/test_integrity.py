@@ -82,6 +82,8 @@ def test_flipped_bit_in_a_record_is_never_served(tmp_path: Path) -> None:
         assert victim[:100] not in r.content
         assert read_all(base + "bystander") == b"fine"  # the rest keeps working
         assert "failed its checksum" in log_text(tmp_path)
+        metrics = httpx.get(server.url + "/metrics").text
+        assert 'duralog_store_errors_total{kind="checksum"} 1.0' in metrics
     finally:
         server.stop()
     out = run_check(data_dir)
