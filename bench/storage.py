@@ -116,12 +116,32 @@ def _seed(url: str, n: int, threads: int = 16) -> None:
         list(pool.map(run, range(threads)))
 
 
+def _requests(base: str, method: str, n: int, body: bytes, threads: int = 16) -> None:
+    """``method`` on streams s0..s<n-1>, from ``threads`` raw keep-alive connections."""
+    host, port, path = split_url(base)
+
+    def run(lo: int) -> None:
+        with Conn(host, port) as conn:
+            for i in range(lo, n, threads):
+                r = conn.request(method, f"{path}s{i}", body, {"Content-Type": "text/plain"})
+                if r.status >= 300:
+                    raise RuntimeError(f"{method} s{i}: {r.status}")
+
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(run, range(threads)))
+
+
 def _db_figures(path: Path) -> tuple[int, int, int]:
-    """(file bytes, streams waiting in garbage, free pages) read beside the server."""
+    """(database bytes, streams waiting in garbage, free pages) read beside the server.
+
+    The database size is its page count as a reader sees it (the WAL included):
+    the main file itself only shrinks when the WAL is checkpointed into it."""
     with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)) as con:
         garbage = con.execute("SELECT count(*) FROM garbage").fetchone()[0]
         free = con.execute("PRAGMA freelist_count").fetchone()[0]
-    return path.stat().st_size, garbage, free
+        pages = con.execute("PRAGMA page_count").fetchone()[0]
+        page_size = con.execute("PRAGMA page_size").fetchone()[0]
+    return pages * page_size, garbage, free
 
 
 def reclaim(args: argparse.Namespace) -> dict[str, object]:
@@ -134,25 +154,13 @@ def reclaim(args: argparse.Namespace) -> dict[str, object]:
             body = b"r" * per
             _log(f"creating {args.streams} streams of {per} bytes...")
             t0 = time.monotonic()
-
-            async def create() -> None:
-                async with httpx.AsyncClient(timeout=120) as client:
-                    await _many(client, [("PUT", f"{base}s{i}", {"content-type": "text/plain"},
-                                          body) for i in range(args.streams)], 16)
-
-            asyncio.run(create())
+            _requests(base, "PUT", args.streams, body)
             created_s = time.monotonic() - t0
             size_full, _, _ = _db_figures(data / DB)
             _log(f"  {created_s:.1f} s; file {size_full / 2**20:.0f} MiB; deleting...")
-
-            async def delete() -> None:
-                async with httpx.AsyncClient(timeout=120) as client:
-                    await _many(client, [("DELETE", f"{base}s{i}", {}, b"")
-                                         for i in range(args.streams)])
-
             httpx.put(base + "probe", headers={"content-type": "text/plain"})
             t0 = time.monotonic()
-            asyncio.run(delete())
+            _requests(base, "DELETE", args.streams, b"")
             deleted = time.monotonic()
             _log(f"  deletes answered in {deleted - t0:.1f} s; reclaiming...")
             reclaimed_at = None
@@ -163,7 +171,7 @@ def reclaim(args: argparse.Namespace) -> dict[str, object]:
                 now = time.monotonic()
                 if reclaimed_at is None and garbage == 0:
                     reclaimed_at = now
-                if reclaimed_at is not None and (free < 256 or free * 8 < size // 4096):
+                if reclaimed_at is not None and free * 8 * 4096 < size:
                     shrunk_at = now
                     break
                 time.sleep(0.05)
@@ -184,7 +192,7 @@ def reclaim(args: argparse.Namespace) -> dict[str, object]:
         "streams_per_s": round(args.streams / reclaim_s) if reclaim_s else None,
         "mib_per_s": round(per * args.streams / 2**20 / reclaim_s, 1) if reclaim_s else None,
         "shrink_done_s": round(shrunk_at - t0, 2) if shrunk_at else None,
-        "file_bytes_full": size_full, "file_bytes_after": size,
+        "db_bytes_full": size_full, "db_bytes_after_reclaim": size,
         "file_bytes_after_stop": size_stopped,
     }
 

@@ -48,6 +48,8 @@ GC_STEP_STREAMS = 512
 VACUUM_STEP_PAGES = 2048
 #: Under constant load the queue is never idle: one reclaim step this often (s).
 GC_BUSY_INTERVAL = 0.25
+#: Quiet time (s) after the last operation before idle reclaiming starts.
+GC_IDLE = 0.05
 #: Room kept aside so that a DELETE can be written on a full disk (it frees space).
 RESERVE_BYTES = 8 << 20
 RESERVE_NAME = "duralog.reserve"
@@ -77,13 +79,16 @@ class Writer:
 
     def _run_writer(self) -> None:
         q = self._queue
-        last_gc = time.monotonic()
+        last_gc = last_op = time.monotonic()
         while True:
             if self._gc_pending:
                 # Idle with space to reclaim: reclaim steps back to back until an
-                # operation arrives (each step is one short transaction); after a
-                # failed step, wait a second before the next.
-                wait = self._gc_retry_at - time.monotonic()
+                # operation arrives (each step is one short transaction). Requests
+                # that keep coming (a burst of deletes) go first: the queue must
+                # have been quiet for GC_IDLE before a step. After a failed step,
+                # wait a second.
+                now = time.monotonic()
+                wait = max(self._gc_retry_at - now, last_op + GC_IDLE - now)
                 try:
                     first = q.get(timeout=wait) if wait > 0 else q.get_nowait()
                 except queue.Empty:
@@ -91,6 +96,7 @@ class Writer:
                     continue
             else:
                 first = q.get()
+            last_op = time.monotonic()
             ops = [first]
             nbytes = 0
             stop = first[0] == STOP
