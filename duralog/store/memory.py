@@ -93,6 +93,8 @@ class MemoryStore(Store):
         plan = plan_create(self._state, path, req, payload, prefix, next(self._ids), time.time())
         self._apply(plan)
         assert plan.result is not None
+        if plan.created and plan.result.retention_bytes is not None:
+            self._trim(plan.result, time.time())  # an initial body over the limit
         return plan.result, plan.created
 
     async def append(self, path: str, req: AppendRequest) -> tuple[AppendDecision, StreamState]:
