@@ -137,8 +137,8 @@ class Store(ABC):
         #: Seconds of disuse after which a producer's state is dropped (5.2.1).
         self.producer_ttl: float = DEFAULT_PRODUCER_TTL
         self._producers_swept = 0.0
-        #: Called with each stream the store removes on its own (expiry), so the
-        #: server can record it (the registry) like a DELETE.
+        #: Called with each stream the store removes on its own (expiry), after the
+        #: commit (the registry event is already part of it; this is for observers).
         self.removal_listeners: list[Callable[[StreamState], None]] = []
         self._by_path: dict[str, StreamState] = {}
         self._by_id: dict[int, StreamState] = {}
