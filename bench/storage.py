@@ -162,6 +162,7 @@ def reclaim(args: argparse.Namespace) -> dict[str, object]:
             t0 = time.monotonic()
             _requests(base, "DELETE", args.streams, b"")
             deleted = time.monotonic()
+            _, waiting, _ = _db_figures(data / DB)
             _log(f"  deletes answered in {deleted - t0:.1f} s; reclaiming...")
             reclaimed_at = None
             shrunk_at = None
@@ -192,6 +193,13 @@ def reclaim(args: argparse.Namespace) -> dict[str, object]:
         "streams_per_s": round(args.streams / reclaim_s) if reclaim_s else None,
         "mib_per_s": round(per * args.streams / 2**20 / reclaim_s, 1) if reclaim_s else None,
         "shrink_done_s": round(shrunk_at - t0, 2) if shrunk_at else None,
+        # The background rate alone: streams still waiting when the last DELETE was
+        # answered, and how fast they went.
+        "waiting_after_deletes": waiting,
+        "streams_per_s_after_deletes": round(waiting / (reclaimed_at - deleted))
+        if reclaimed_at and reclaimed_at > deleted and waiting else None,
+        "mib_per_s_after_deletes": round(waiting * per / 2**20 / (reclaimed_at - deleted), 1)
+        if reclaimed_at and reclaimed_at > deleted and waiting else None,
         "db_bytes_full": size_full, "db_bytes_after_reclaim": size,
         "file_bytes_after_stop": size_stopped,
     }
