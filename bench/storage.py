@@ -5,6 +5,8 @@ with), so they live beside the comparative scenarios of ``python -m bench``:
 
 * ``producers``: append p50/p90 on a stream with no producers and on one with
   N producers (default 100,000) that each appended once, per backend.
+* ``steps``: in process, the duration of each reclaim step (what an append
+  can wait behind) while 1,000 streams of 100 KiB are reclaimed.
 * ``reclaim``: create S streams holding B bytes in all (default 10,000 and
   1 GiB) on the SQLite backend, delete them all, and follow the background
   reclaim: streams and bytes reclaimed per second, and the file size before,
@@ -205,6 +207,40 @@ def reclaim(args: argparse.Namespace) -> dict[str, object]:
     }
 
 
+def steps(args: argparse.Namespace) -> dict[str, object]:
+    """Time each reclaim step in process: the longest an append can wait behind one."""
+    from duralog.protocol.state import CreateRequest
+    from duralog.store.sqlite import SQLiteStore
+
+    async def run(data: Path) -> list[float]:
+        store = SQLiteStore(data)
+        await store.start()
+        body = b"r" * (args.total // args.streams)
+        await asyncio.gather(*(store.create(f"s{i}", CreateRequest(content_type="text/plain"),
+                                            body) for i in range(args.streams)))
+        times: list[float] = []
+        step = store._collect_garbage
+
+        def timed() -> None:
+            t0 = time.perf_counter()
+            step()
+            times.append(time.perf_counter() - t0)
+
+        store._collect_garbage = timed  # type: ignore[method-assign]
+        await asyncio.gather(*(store.delete(f"s{i}") for i in range(args.streams)))
+        while store._gc_pending:
+            await asyncio.sleep(0.05)
+        await store.stop()
+        return [t for t in times if t > 0.002]  # the last, empty checks are not steps
+
+    with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
+        times = asyncio.run(run(Path(tmp) / "data"))
+    return {"streams": args.streams, "total_bytes": args.total, "steps": len(times),
+            "step_ms_min": round(min(times) * 1e3, 1),
+            "step_ms_p50": round(statistics.median(times) * 1e3, 1),
+            "step_ms_max": round(max(times) * 1e3, 1)}
+
+
 def _size(text: str) -> int:
     from duralog.server.config import parse_size
 
@@ -225,8 +261,12 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--total", type=_size, default=1 << 30)
     r.add_argument("--timeout", type=float, default=600)
     r.add_argument("--tmp", default=None, help="where the data directory goes")
+    t = sub.add_parser("steps")
+    t.add_argument("--streams", type=int, default=1000)
+    t.add_argument("--total", type=_size, default=100 << 20)
+    t.add_argument("--tmp", default=None)
     args = parser.parse_args(argv)
-    figures = producers(args) if args.what == "producers" else reclaim(args)
+    figures = {"producers": producers, "reclaim": reclaim, "steps": steps}[args.what](args)
     print(json.dumps({"measure": args.what, **figures}))
     return 0
 
