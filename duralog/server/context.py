@@ -8,8 +8,9 @@ Its metrics register on ``ctx.metrics``, its log lines go to ``ctx.log``.
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry
 
@@ -25,3 +26,6 @@ class ServerContext:
     # one process, as in tests or a host mounting two, never clash.
     metrics: CollectorRegistry
     log: logging.Logger
+    # Set when the server begins to shut down: readiness turns 503, live readers
+    # end, and a sub-app with long-lived responses should end them too.
+    closing: asyncio.Event = field(default_factory=asyncio.Event)
