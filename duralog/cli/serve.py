@@ -100,6 +100,7 @@ async def _serve(config: Config, level: str) -> int:
     import uvicorn
 
     from ..server.app import DuralogApp
+    from ..server.observe import flush_access_log
 
     try:
         app = DuralogApp(config)
@@ -149,6 +150,7 @@ async def _serve(config: Config, level: str) -> int:
         await server.serve(sockets=[sock])
     finally:
         await app.shutdown()  # in-flight appends are done: close the store
+        flush_access_log()
     log.info("duralog stopped")
     return 0
 

@@ -202,7 +202,7 @@ class DuralogApp:
                 log.error("%s %s: %d %s", scope.get("method"), scope.get("path"), err.status,
                           err.reason)
                 if self.metrics is not None and err.status in (503, 507):
-                    self.metrics.store_errors.inc()
+                    self.metrics.store_errors += 1
             elif log.isEnabledFor(logging.DEBUG):
                 log.debug("refused %s %s: %d %s", scope.get("method"), scope.get("path"),
                           err.status, err.reason)

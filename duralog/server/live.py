@@ -51,15 +51,15 @@ class LiveReads:
             else:
                 await self._long_poll(req, send, state, pos, client_cursor)
             return
-        gauge = metrics.sse_readers if mode == "sse" else metrics.long_poll_readers
-        gauge.inc()
+        readers = metrics.live_readers
+        readers[mode] += 1
         try:
             if mode == "sse":
                 await self._sse(req, send, state, pos, client_cursor)
             else:
                 await self._long_poll(req, send, state, pos, client_cursor)
         finally:
-            gauge.dec()
+            readers[mode] -= 1
 
     def begin_shutdown(self) -> None:
         """Every waiting reader ends now with its normal answer: a long-poll its 204 at
@@ -136,7 +136,7 @@ class LiveReads:
                     before = pos
                     data_event, pos = await self._sse_data(state, pos, encoding, decoder)
                     if self.metrics is not None:
-                        self.metrics.read_bytes.inc(pos - before)
+                        self.metrics.read_bytes += pos - before
                     up_to_date = pos >= state.tail
                     closed = state.closed and up_to_date
                     await send({"type": "http.response.body", "more_body": True,

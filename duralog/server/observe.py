@@ -16,17 +16,25 @@ sqlite commits through ``commit_observer``).
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import os
 import re
 import sys
 import time
-from collections.abc import Callable
+from bisect import bisect_left
+from collections.abc import Iterator
 from typing import Any
 
 import orjson
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 
 from ..store import Store
 from .http import ASGIApp, Message, Receive, Scope, Send
@@ -47,56 +55,103 @@ _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
 CLIENT_GONE = 499
 
 
+class _Histogram:
+    """Bucket counts kept as plain numbers; exposed by ``ServerMetrics.collect``."""
+
+    __slots__ = ("bounds", "count", "counts", "total")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)
+        self.count = 0
+        self.total = 0.0
+
+    def observe(self, value: float) -> None:
+        # bisect_left: a value equal to a bound belongs to that bucket (le).
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.count += 1
+        self.total += value
+
+    def family(self, name: str, doc: str) -> HistogramMetricFamily:
+        cumulative, buckets = 0, []
+        for bound, n in zip((*self.bounds, float("inf")), self.counts, strict=True):
+            cumulative += n
+            buckets.append(("+Inf" if bound == float("inf") else repr(float(bound)),
+                            cumulative))
+        return HistogramMetricFamily(name, doc, buckets=buckets, sum_value=self.total)
+
+
 class ServerMetrics:
-    """The server's Prometheus metrics, on one registry."""
+    """The server's Prometheus metrics.
+
+    Counted as plain numbers on the request path and turned into Prometheus
+    families only when /metrics is scraped (``collect``): prometheus-client's
+    own Counter and Histogram take a lock per update, which cost several
+    microseconds per request (docs/benchmarks.md). Request-path numbers are
+    changed on the event loop only; the commit histograms on the sqlite writer
+    thread only; a scrape reads them, which the GIL keeps consistent enough for
+    monotonic counters.
+    """
 
     def __init__(self, registry: CollectorRegistry, store: Store) -> None:
-        self.requests = Counter("duralog_http_requests", "HTTP requests answered",
-                                ["method", "status"], registry=registry)
-        self.duration = Histogram("duralog_http_request_duration_seconds",
-                                  "Time from request to the end of the response (live reads "
-                                  "included)", buckets=_DURATION_BUCKETS, registry=registry)
-        self.appends = Counter("duralog_appends", "Appends that wrote data (POST with a body)",
-                               registry=registry)
-        self.append_bytes = Counter("duralog_append_bytes", "Bytes of data appended",
-                                    registry=registry)
-        self.read_bytes = Counter("duralog_read_bytes",
-                                  "Bytes of stream data sent to readers (catch-up, long-poll, "
-                                  "SSE)", registry=registry)
-        self.live_readers = Gauge("duralog_live_readers", "Live readers connected now",
-                                  ["mode"], registry=registry)
-        self.streams = Gauge("duralog_streams", "Streams that exist (the registry included)",
-                             registry=registry)
-        self.streams.set_function(lambda: len(store.list_states()))
-        self.commit_seconds = Histogram("duralog_store_commit_seconds",
-                                        "Duration of one sqlite transaction commit",
-                                        buckets=_COMMIT_BUCKETS, registry=registry)
-        self.commit_batch_size = Histogram("duralog_store_commit_batch_size",
-                                           "Operations committed in one sqlite transaction",
-                                           buckets=_BATCH_BUCKETS, registry=registry)
-        self.store_errors = Counter("duralog_store_errors",
-                                    "Requests refused because the store failed (503, 507)",
-                                    registry=registry)
-        self._children: dict[tuple[str, int], Any] = {}
-        self.long_poll_readers = self.live_readers.labels("long-poll")
-        self.sse_readers = self.live_readers.labels("sse")
+        self.store = store
+        self.requests: dict[tuple[str, int], int] = {}
+        self.duration = _Histogram(_DURATION_BUCKETS)
+        self.appends = 0
+        self.append_bytes = 0
+        self.read_bytes = 0
+        self.live_readers = {"long-poll": 0, "sse": 0}
+        self.commit_seconds = _Histogram(_COMMIT_BUCKETS)
+        self.commit_batch_size = _Histogram(_BATCH_BUCKETS)
+        self.store_errors = 0
+        registry.register(self)
         if hasattr(store, "commit_observer"):
             store.commit_observer = self.observe_commit
 
     def observe_commit(self, seconds: float, operations: int) -> None:
-        # Runs on the sqlite writer thread; prometheus-client metrics are thread-safe.
         self.commit_seconds.observe(seconds)
         self.commit_batch_size.observe(operations)
 
     def count_request(self, method: str, status: int, seconds: float) -> None:
         key = (method, status)
-        child = self._children.get(key)
-        if child is None:
-            if len(self._children) > 512:
-                method = "other"  # a client inventing methods cannot grow the label set
-            child = self._children[key] = self.requests.labels(method, str(status))
-        child.inc()
+        requests = self.requests
+        if key in requests:
+            requests[key] += 1
+        elif len(requests) < 512:
+            requests[key] = 1
+        else:  # a client inventing methods cannot grow the label set without end
+            other = ("other", status)
+            requests[other] = requests.get(other, 0) + 1
         self.duration.observe(seconds)
+
+    def collect(self) -> Iterator[Metric]:
+        requests = CounterMetricFamily("duralog_http_requests", "HTTP requests answered",
+                                       labels=["method", "status"])
+        for (method, status), n in list(self.requests.items()):
+            requests.add_metric([method, str(status)], n)
+        yield requests
+        yield self.duration.family("duralog_http_request_duration_seconds",
+                                   "Time from request to the end of the response (live "
+                                   "reads included)")
+        yield CounterMetricFamily("duralog_appends", "Appends that wrote data (POST with a "
+                                  "body)", value=self.appends)
+        yield CounterMetricFamily("duralog_append_bytes", "Bytes of data appended",
+                                  value=self.append_bytes)
+        yield CounterMetricFamily("duralog_read_bytes", "Bytes of stream data sent to "
+                                  "readers (catch-up, long-poll, SSE)", value=self.read_bytes)
+        live = GaugeMetricFamily("duralog_live_readers", "Live readers connected now",
+                                 labels=["mode"])
+        for mode, n in self.live_readers.items():
+            live.add_metric([mode], n)
+        yield live
+        yield GaugeMetricFamily("duralog_streams", "Streams that exist (the registry "
+                                "included)", value=len(self.store.list_states()))
+        yield self.commit_seconds.family("duralog_store_commit_seconds",
+                                         "Duration of one sqlite transaction commit")
+        yield self.commit_batch_size.family("duralog_store_commit_batch_size",
+                                            "Operations committed in one sqlite transaction")
+        yield CounterMetricFamily("duralog_store_errors", "Requests refused because the "
+                                  "store failed (503, 507)", value=self.store_errors)
 
 
 class ObserveLayer:
@@ -107,7 +162,7 @@ class ObserveLayer:
         self.metrics = metrics
         self.access = access
         # Ids are a per-process random prefix and a counter: unique, and cheap.
-        self._prefix = os.urandom(4).hex()
+        self._prefix = os.urandom(4).hex().encode()
         self._ids = itertools.count(1)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -116,60 +171,128 @@ class ObserveLayer:
             return
         started = time.perf_counter()
         rid = b""
-        for key, value in scope["headers"]:
-            if key == b"x-request-id" or key.lower() == b"x-request-id":
+        for key, value in scope["headers"]:  # ASGI: names are lower-case
+            if key == b"x-request-id":
                 if _REQUEST_ID.fullmatch(value):
                     rid = value
                 break
         if not rid:
-            rid = f"{self._prefix}-{next(self._ids):x}".encode()
-        status = 0
-        size = 0
+            rid = b"%s-%x" % (self._prefix, next(self._ids))
+        seen = [0, 0]  # status, response bytes
 
         async def observed_send(message: Message) -> None:
-            nonlocal status, size
-            kind = message["type"]
-            if kind == "http.response.start":
-                status = message["status"]
-                # A copy: the app may reuse its header list.
-                message = {**message, "headers": [*message.get("headers", ()),
-                                                  (b"x-request-id", rid)]}
-            elif kind == "http.response.body":
-                size += len(message.get("body", b""))
+            if message["type"] == "http.response.body":
+                seen[1] += len(message.get("body", b""))
+            elif message["type"] == "http.response.start":
+                seen[0] = message["status"]
+                # A new list: the app may reuse its header list.
+                message["headers"] = [*message.get("headers", ()), (b"x-request-id", rid)]
             await send(message)
 
         try:
             await self.app(scope, receive, observed_send)
         finally:
             seconds = time.perf_counter() - started
-            if not status:
-                status = CLIENT_GONE
+            status = seen[0] or CLIENT_GONE
             if self.metrics is not None:
                 self.metrics.count_request(scope["method"], status, seconds)
-            if self.access and access_log.isEnabledFor(logging.INFO):
-                _log_access(scope, status, size, seconds, rid)
+            if self.access:
+                _log_access(scope, status, seen[1], seconds, rid)
+
+
+class AccessWriter:
+    """Access lines straight to a file descriptor, in batches.
+
+    Going through ``logging`` costs about 55 us a line (a record, a formatted
+    time, a write and a flush each), which halved small-append throughput; this
+    writer formats the same line with a time string made once a second and
+    writes the lines of up to 50 ms at once. ``duralog serve`` installs it; an
+    embedding host keeps the ``duralog.access`` logger.
+    """
+
+    def __init__(self, fmt: str, fd: int = 2, delay: float = 0.05) -> None:
+        self.json = fmt == "json"
+        self.fd = fd
+        self.delay = delay
+        self._lines: list[bytes] = []
+        self._size = 0
+        self._second = -1
+        self._stamp = ""
+        self._scheduled = False
+
+    def write(self, message: str, fields: dict[str, Any] | None) -> None:
+        now = time.time()
+        if self.json:
+            line = orjson.dumps({"ts": round(now, 6), "level": "info",
+                                 "logger": "duralog.access", "message": message,
+                                 **(fields or {})}
+                                ) + b"\n"
+        else:
+            second = int(now)
+            if second != self._second:
+                self._second = second
+                self._stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
+            ms = int((now - second) * 1000)
+            line = f"{self._stamp},{ms:03d} INFO duralog.access: {message}\n".encode()
+        self._lines.append(line)
+        self._size += len(line)
+        if self._size >= 1 << 16:
+            self.flush()
+        elif not self._scheduled:
+            try:
+                asyncio.get_running_loop().call_later(self.delay, self.flush)
+                self._scheduled = True
+            except RuntimeError:  # no loop (a test calling directly): write now
+                self.flush()
+
+    def flush(self) -> None:
+        self._scheduled = False
+        if not self._lines:
+            return
+        data = memoryview(b"".join(self._lines))
+        self._lines.clear()
+        self._size = 0
+        try:
+            while data:
+                data = data[os.write(self.fd, data):]
+        except OSError:
+            pass  # a closed stderr must not fail requests
+
+
+#: Set by ``configure_logging`` (the CLI); None: access lines go through logging.
+_writer: AccessWriter | None = None
+
+
+def flush_access_log() -> None:
+    if _writer is not None:
+        _writer.flush()
 
 
 def _log_access(scope: Scope, status: int, size: int, seconds: float, rid: bytes) -> None:
+    writer = _writer
+    if writer is None and not access_log.isEnabledFor(logging.INFO):
+        return
     # The raw path: percent-encoded as sent, so no control character reaches the log.
-    path: bytes = scope.get("raw_path") or scope["path"].encode("utf-8", "replace")
-    path = path.split(b"?", 1)[0]
+    raw: bytes = scope.get("raw_path") or scope["path"].encode("utf-8", "replace")
     query = scope.get("query_string", b"")
+    path = raw.split(b"?", 1)[0].decode("latin-1")
     if query:
-        path += b"?" + _mask_query(query)
+        path += "?" + _mask_query(query).decode("latin-1")
     client = scope.get("client")
-    fields = {
-        "method": scope["method"],
-        "path": path.decode("latin-1"),
-        "status": status,
-        "bytes": size,
-        "duration_ms": round(seconds * 1000, 3),
-        "request_id": rid.decode("ascii"),
-        "client": client[0] if client else None,
-    }
-    access_log.info('%s "%s %s" %d %dB %.1fms id=%s', fields["client"] or "-",
-                    fields["method"], fields["path"], status, size, seconds * 1000,
-                    fields["request_id"], extra={"fields": fields})
+    peer = client[0] if client else "-"
+    method = scope["method"]
+    request_id = rid.decode("ascii")
+    message = f'{peer} "{method} {path}" {status} {size}B {seconds * 1000:.1f}ms id={request_id}'
+    if writer is not None and not writer.json:
+        writer.write(message, None)
+        return
+    fields = {"method": method, "path": path, "status": status, "bytes": size,
+              "duration_ms": round(seconds * 1000, 3), "request_id": request_id,
+              "client": client[0] if client else None}
+    if writer is not None:
+        writer.write(message, fields)
+    else:
+        access_log.info(message, extra={"fields": fields})
 
 
 def _mask_query(query: bytes) -> bytes:
@@ -217,6 +340,8 @@ def configure_logging(level: str, fmt: str, access: bool) -> None:
     root.setLevel(level.upper())
     # Access lines are info records; they follow --access-log, not --log-level.
     access_log.setLevel(logging.INFO if access else logging.CRITICAL + 1)
+    global _writer
+    _writer = AccessWriter(fmt) if access else None
     # uvicorn's own access log is off (this layer writes ours); its other loggers
     # propagate to the root handler above.
     for name in ("uvicorn", "uvicorn.error"):
@@ -224,5 +349,3 @@ def configure_logging(level: str, fmt: str, access: bool) -> None:
         logging.getLogger(name).propagate = True
     logging.getLogger("uvicorn.access").disabled = True
 
-
-LogHook = Callable[[], None]

@@ -169,8 +169,8 @@ class StreamOps:
         if decision.error is not None:
             raise decision.error
         if self.metrics is not None and decision.write and payload:
-            self.metrics.appends.inc()
-            self.metrics.append_bytes.inc(len(payload))
+            self.metrics.appends += 1
+            self.metrics.append_bytes += len(payload)
         headers: Headers = [(k.encode(), v.encode()) for k, v in decision.headers.items()]
         if decision.write and b"stream-next-offset" not in dict(headers):
             headers.append((b"stream-next-offset", state.next_offset.encode()))
@@ -294,7 +294,7 @@ class StreamOps:
         headers.append((b"etag", sent_etag))
         await self.http.respond(send, 200, headers, body)
         if self.metrics is not None:
-            self.metrics.read_bytes.inc(chunk.next_pos - pos)
+            self.metrics.read_bytes += chunk.next_pos - pos
 
     def _cache_control(self, state: StreamState, has_data: bool) -> bytes:
         """10.1: data is immutable by position, so it may be cached; an empty answer at
