@@ -24,7 +24,7 @@ import re
 import sys
 import time
 from bisect import bisect_left
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
 from typing import Any
 
 import orjson
@@ -180,14 +180,16 @@ class ObserveLayer:
             rid = b"%s-%x" % (self._prefix, next(self._ids))
         seen = [0, 0]  # status, response bytes
 
-        async def observed_send(message: Message) -> None:
+        # A plain function returning send's awaitable: one coroutine frame less per
+        # message than an ``async def`` wrapper (this runs twice per request).
+        def observed_send(message: Message) -> Awaitable[None]:
             if message["type"] == "http.response.body":
                 seen[1] += len(message.get("body", b""))
             elif message["type"] == "http.response.start":
                 seen[0] = message["status"]
                 # A new list: the app may reuse its header list.
                 message["headers"] = [*message.get("headers", ()), (b"x-request-id", rid)]
-            await send(message)
+            return send(message)
 
         try:
             await self.app(scope, receive, observed_send)
@@ -217,23 +219,24 @@ class AccessWriter:
         self._lines: list[bytes] = []
         self._size = 0
         self._second = -1
-        self._stamp = ""
+        self._stamp = b""
         self._scheduled = False
 
-    def write(self, message: str, fields: dict[str, Any] | None) -> None:
+    def write_text(self, message: bytes) -> None:
         now = time.time()
-        if self.json:
-            line = orjson.dumps({"ts": round(now, 6), "level": "info",
-                                 "logger": "duralog.access", "message": message,
-                                 **(fields or {})}
-                                ) + b"\n"
-        else:
-            second = int(now)
-            if second != self._second:
-                self._second = second
-                self._stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
-            ms = int((now - second) * 1000)
-            line = f"{self._stamp},{ms:03d} INFO duralog.access: {message}\n".encode()
+        second = int(now)
+        if second != self._second:
+            self._second = second
+            self._stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second)).encode()
+        self._add(b"%s,%03d INFO duralog.access: %s\n" % (
+            self._stamp, int((now - second) * 1000), message))
+
+    def write_json(self, message: str, fields: dict[str, Any]) -> None:
+        self._add(orjson.dumps({"ts": round(time.time(), 6), "level": "info",
+                                "logger": "duralog.access", "message": message, **fields})
+                  + b"\n")
+
+    def _add(self, line: bytes) -> None:
         self._lines.append(line)
         self._size += len(line)
         if self._size >= 1 << 16:
@@ -273,24 +276,28 @@ def _log_access(scope: Scope, status: int, size: int, seconds: float, rid: bytes
     if writer is None and not access_log.isEnabledFor(logging.INFO):
         return
     # The raw path: percent-encoded as sent, so no control character reaches the log.
-    raw: bytes = scope.get("raw_path") or scope["path"].encode("utf-8", "replace")
-    query = scope.get("query_string", b"")
-    path = raw.split(b"?", 1)[0].decode("latin-1")
+    path: bytes = scope.get("raw_path") or scope["path"].encode("utf-8", "replace")
+    if b"?" in path:
+        path = path.split(b"?", 1)[0]
+    query = scope.get("query_string")
     if query:
-        path += "?" + _mask_query(query).decode("latin-1")
+        path += b"?" + _mask_query(query)
     client = scope.get("client")
     peer = client[0] if client else "-"
-    method = scope["method"]
-    request_id = rid.decode("ascii")
-    message = f'{peer} "{method} {path}" {status} {size}B {seconds * 1000:.1f}ms id={request_id}'
     if writer is not None and not writer.json:
-        writer.write(message, None)
+        writer.write_text(b'%s "%s %s" %d %dB %.1fms id=%s' % (
+            peer.encode(), scope["method"].encode(), path, status, size, seconds * 1000, rid))
         return
-    fields = {"method": method, "path": path, "status": status, "bytes": size,
+    method = scope["method"]
+    text_path = path.decode("latin-1")
+    request_id = rid.decode("ascii")
+    message = (f'{peer} "{method} {text_path}" {status} {size}B {seconds * 1000:.1f}ms '
+               f'id={request_id}')
+    fields = {"method": method, "path": text_path, "status": status, "bytes": size,
               "duration_ms": round(seconds * 1000, 3), "request_id": request_id,
               "client": client[0] if client else None}
     if writer is not None:
-        writer.write(message, fields)
+        writer.write_json(message, fields)
     else:
         access_log.info(message, extra={"fields": fields})
 
