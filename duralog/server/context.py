@@ -4,6 +4,9 @@ A sub-app (health, metrics, and later subscriptions, proxy, yjs, console) is
 constructed as ``XApp(ctx)`` and reaches streams only through ``ctx.store``
 (create / append / read / wait / notifier), so it works on every backend.
 Its metrics register on ``ctx.metrics``, its log lines go to ``ctx.log``.
+An absolute URL it writes takes its origin from
+``forwarded.public_origin(scope, headers, ctx.config.forwarded_allow_ips)``, so
+it is right behind a trusted reverse proxy too.
 """
 
 from __future__ import annotations
