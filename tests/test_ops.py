@@ -141,11 +141,24 @@ def test_startup_errors_are_one_line_naming_the_data_dir(tmp_path: Path) -> None
     _one_line_error(run_serve("--port", "0", "--data-dir", str(newer)),
                     "--data-dir", str(newer), "format")
 
-    if os.geteuid() != 0:  # root may write anywhere, so this case needs a normal user
-        locked = tmp_path / "locked"
-        locked.mkdir(mode=0o500)
+    # An unwritable directory: a read-only mount for root (who may write anywhere
+    # else), a directory without write permission for anyone else.
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    if os.geteuid() != 0:
         _one_line_error(run_serve("--port", "0", "--data-dir", str(locked / "sub")),
-                        "--data-dir", "Permission denied")
+                        "--data-dir", str(locked / "sub"), "Permission denied")
+        return
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs",
+                              str(locked)], capture_output=True, text=True, timeout=20)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a read-only tmpfs for the unwritable case: "
+                    f"{mounted.stderr.strip()}")
+    try:
+        _one_line_error(run_serve("--port", "0", "--data-dir", str(locked / "sub")),
+                        "--data-dir", str(locked / "sub"), "Read-only file system")
+    finally:
+        subprocess.run(["umount", "-l", str(locked)], capture_output=True, timeout=20)
 
 
 def test_busy_port_is_one_line_and_no_banner(tmp_path: Path) -> None:
