@@ -1,11 +1,13 @@
-"""docs/deploy.md's nginx configuration, run as written in front of a real server.
+"""docs/deploy.md's nginx and Caddy configurations, run as written in front of a
+real server.
 
-The server block is cut from the doc between its begin/end markers; only the
-upstream port, the listen address and the certificate paths are replaced
-(a throw-away self-signed certificate). Through nginx and TLS: Location names
+Each block is cut from the doc between its begin/end markers; only the
+upstream port, the listen address and the certificate are replaced (a
+throw-away self-signed certificate for nginx, Caddy's internal CA instead of
+ACME). Through nginx and TLS: Location names
 the public https origin (forwarded headers from the allowed proxy), SSE and
 long-poll answers arrive while the connection stays open, and nginx's request
-id reaches the server's X-Request-Id.
+id (nginx) reaches the server's X-Request-Id.
 """
 
 from __future__ import annotations
@@ -48,20 +50,32 @@ def nginx_block(upstream_port: int, listen_port: int, cert: Path, key: Path) -> 
     return block
 
 
-@pytest.fixture(scope="module")
-def proxied(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, ServerProcess]]:
+def caddy_config(upstream_port: int, listen_port: int, base: Path) -> str:
+    doc = (ROOT / "docs/deploy.md").read_text()
+    block = doc.split("# duralog-caddy-begin\n", 1)[1].split("# duralog-caddy-end", 1)[0]
+    replacements = {
+        f"{PUBLIC} {{": f"https://{PUBLIC}:{listen_port} {{\n    bind 127.0.0.1\n"
+                       "    tls internal",
+        "reverse_proxy 127.0.0.1:4437 {": f"reverse_proxy 127.0.0.1:{upstream_port} {{",
+    }
+    for old, new in replacements.items():
+        assert old in block, f"docs/deploy.md no longer has {old!r}"
+        block = block.replace(old, new)
+    # A local CA instead of ACME, kept in the test's directory, no admin endpoint.
+    return ("{\n    admin off\n    skip_install_trust\n    auto_https disable_redirects\n"
+            "    grace_period 1s\n"
+            f"    default_sni {PUBLIC}\n    storage file_system {base}/storage\n}}\n" + block)
+
+
+def _start_nginx(base: Path, upstream: int, port: int) -> subprocess.Popen[bytes]:
     nginx = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx")
                                       else None)
     if nginx is None:
         pytest.fail("nginx is required (scripts/test installs it with apt-get)")
-    base = tmp_path_factory.mktemp("nginx")
     cert, key = base / "cert.pem", base / "key.pem"
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
                     "-subj", f"/CN={PUBLIC}", "-keyout", str(key), "-out", str(cert)],
                    check=True, capture_output=True, timeout=60)
-    server = duralog_server("memory", extra=["--forwarded-allow-ips", "127.0.0.1",
-                                             "--long-poll-timeout", "20"]).start()
-    port = free_port()
     for d in ("client", "proxy", "fastcgi", "uwsgi", "scgi"):
         (base / d).mkdir()
     conf = base / "nginx.conf"
@@ -71,27 +85,57 @@ def proxied(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Ser
         + "http {\n  access_log off;\n"
         + "".join(f"  {d}_temp_path {base}/{d};\n".replace("client_temp", "client_body_temp")
                   for d in ("client", "proxy", "fastcgi", "uwsgi", "scgi"))
-        + nginx_block(server.port, port, cert, key) + "}\n")
-    proc = subprocess.Popen([nginx, "-p", str(base), "-c", str(conf), "-g", "daemon off;"],
+        + nginx_block(upstream, port, cert, key) + "}\n")
+    return subprocess.Popen([nginx, "-p", str(base), "-c", str(conf), "-g", "daemon off;"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def _start_caddy(base: Path, upstream: int, port: int) -> subprocess.Popen[bytes]:
+    caddy = shutil.which("caddy")
+    if caddy is None:
+        pytest.fail("caddy is required (scripts/test installs it with apt-get)")
+    conf = base / "Caddyfile"
+    conf.write_text(caddy_config(upstream, port, base))
+    env = {**os.environ, "HOME": str(base), "XDG_DATA_HOME": str(base / "data"),
+           "XDG_CONFIG_HOME": str(base / "config")}
+    return subprocess.Popen([caddy, "run", "--config", str(conf), "--adapter", "caddyfile"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+
+
+@pytest.fixture(scope="module", params=["nginx", "caddy"])
+def proxied(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+            ) -> Iterator[tuple[str, ServerProcess, str]]:
+    base = tmp_path_factory.mktemp(request.param)
+    server = duralog_server("memory", extra=["--forwarded-allow-ips", "127.0.0.1",
+                                             "--long-poll-timeout", "20"]).start()
+    port = free_port()
+    start = _start_nginx if request.param == "nginx" else _start_caddy
+    proc = start(base, server.port, port)
     url = f"https://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + 30
         while True:
             if proc.poll() is not None:
                 err = proc.stderr.read().decode() if proc.stderr else ""
-                raise RuntimeError(f"nginx exited: {err}{(base / 'error.log').read_text()}")
+                log = base / "error.log"
+                raise RuntimeError(f"{request.param} exited: {err}"
+                                   f"{log.read_text() if log.exists() else ''}")
             try:
-                httpx.get(url + "/healthz", verify=False, timeout=1)
+                httpx.get(url + "/healthz", verify=False, timeout=1,
+                          headers={"host": PUBLIC})
                 break
             except httpx.TransportError:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.1)
-        yield url, server
+        yield url, server, request.param
     finally:
         proc.terminate()
-        proc.wait(10)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
         server.stop()
 
 
@@ -100,20 +144,23 @@ def client(url: str) -> httpx.Client:
                         headers={"host": PUBLIC})
 
 
-def test_location_is_the_public_https_url(proxied: tuple[str, ServerProcess]) -> None:
-    url, _ = proxied
+def test_location_is_the_public_https_url(proxied: tuple[str, ServerProcess, str]) -> None:
+    url, _, proxy = proxied
     name = f"dep-{uuid.uuid4().hex[:8]}"
     with client(url) as c:
         r = c.put(PREFIX + name, headers={"content-type": "text/plain"}, content=b"a")
         assert r.status_code == 201
         assert r.headers["location"] == f"https://{PUBLIC}{PREFIX}{name}"
-        # nginx's $request_id went upstream and came back as the request id
         rid = r.headers["x-request-id"]
-        assert len(rid) == 32 and all(ch in "0123456789abcdef" for ch in rid)
+        if proxy == "nginx":
+            # nginx's $request_id went upstream and came back as the request id
+            assert len(rid) == 32 and all(ch in "0123456789abcdef" for ch in rid)
+        else:
+            assert rid
 
 
-def test_sse_and_long_poll_pass_through_live(proxied: tuple[str, ServerProcess]) -> None:
-    url, server = proxied
+def test_sse_and_long_poll_pass_through_live(proxied: tuple[str, ServerProcess, str]) -> None:
+    url, server, _ = proxied
     name = f"dep-{uuid.uuid4().hex[:8]}"
     with client(url) as c:
         tail = c.put(PREFIX + name, headers={"content-type": "text/plain"}
