@@ -192,3 +192,26 @@ def test_sse_and_long_poll_pass_through_live(proxied: tuple[str, ServerProcess, 
         r = c.get(PREFIX + name, params={"offset": offset, "live": "long-poll"})
         assert r.status_code == 200
         assert r.content == b" world"
+
+
+def test_systemd_unit_parses(tmp_path: Path) -> None:
+    """The unit in docs/deploy.md, checked by systemd's own parser (offline)."""
+    analyze = shutil.which("systemd-analyze")
+    duralog = shutil.which("duralog")
+    if analyze is None or duralog is None:
+        pytest.skip("systemd-analyze or the duralog command is not installed here")
+    doc = (ROOT / "docs/deploy.md").read_text()
+    unit = doc.split("```ini\n", 1)[1].split("```", 1)[0]
+    assert "ExecStart=/usr/local/bin/duralog serve" in unit
+    good = tmp_path / "duralog.service"
+    good.write_text(unit.replace("/usr/local/bin/duralog", duralog))
+    done = subprocess.run([analyze, "verify", str(good)], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0 and not done.stderr.strip(), done.stderr
+    # the check notices a mistake (so its silence above means something)
+    bad = tmp_path / "bad.service"
+    bad.write_text(good.read_text().replace("KillSignal=SIGTERM",
+                                            "KillSignal=SIGTERM\nKilSignal=x"))
+    done = subprocess.run([analyze, "verify", str(bad)], capture_output=True, text=True,
+                          timeout=60)
+    assert "KilSignal" in done.stderr
