@@ -358,6 +358,12 @@ def test_access_log_lines(tmp_path: Path, fmt: str) -> None:
     records = _access_records(log, name, fmt)
     assert len(records) == 4, text
     if fmt == "json":
+        # every line on stderr is one JSON object: the banner and the log lines too
+        lines = [line for line in text.splitlines() if line.strip()]
+        objects = [json.loads(line) for line in lines]  # raises on a line that is not JSON
+        assert any("serving Durable Streams" in o["message"] for o in objects)
+        assert any(o["logger"] == "duralog" and "shutting down" in o["message"]
+                   for o in objects)
         assert [(r["method"], r["status"]) for r in records] == [
             ("PUT", 201), ("POST", 204), ("GET", 200), ("GET", 404)]
         assert records[0]["request_id"] == "client-id-1"

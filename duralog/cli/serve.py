@@ -16,6 +16,7 @@ import os
 import signal
 import socket
 import sys
+import time
 from typing import Any
 
 from .. import __version__
@@ -127,8 +128,15 @@ async def _serve(config: Config, level: str) -> int:
     host, port = sock.getsockname()[:2]
     where = os.path.abspath(config.data_dir) if config.backend == "sqlite" else "memory"
     url = f"http://{_url_host(host)}:{port}{config.stream_prefix}"
-    print(f"duralog: serving Durable Streams on {url} ({config.backend}: {where})",
-          file=sys.stderr, flush=True)
+    banner = f"serving Durable Streams on {url} ({config.backend}: {where})"
+    if config.log_format == "json":  # one JSON object per line, the banner too
+        import orjson
+
+        print(orjson.dumps({"ts": round(time.time(), 6), "level": "info", "logger": "duralog",
+                            "message": banner, "url": url}).decode(),
+              file=sys.stderr, flush=True)
+    else:
+        print(f"duralog: {banner}", file=sys.stderr, flush=True)
     log.info("duralog %s started: backend=%s data_dir=%s address=%s:%d pid=%d", __version__,
              config.backend, where, host, port, os.getpid())
 
