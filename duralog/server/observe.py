@@ -206,40 +206,26 @@ class AccessWriter:
     """Access lines straight to a file descriptor, in batches.
 
     Going through ``logging`` costs about 55 us a line (a record, a formatted
-    time, a write and a flush each), which halved small-append throughput; this
-    writer formats the same line with a time string made once a second and
-    writes the lines of up to 50 ms at once. ``duralog serve`` installs it; an
-    embedding host keeps the ``duralog.access`` logger.
+    time, a write and a flush each), which halved small-append throughput. This
+    writer keeps what a line needs as one tuple per request and, every 50 ms,
+    formats the batch (a time string made once a second) and writes it at once.
+    ``duralog serve`` installs it; an embedding host keeps the ``duralog.access``
+    logger.
     """
 
     def __init__(self, fmt: str, fd: int = 2, delay: float = 0.05) -> None:
         self.json = fmt == "json"
         self.fd = fd
         self.delay = delay
-        self._lines: list[bytes] = []
-        self._size = 0
+        self._pending: list[tuple[float, Scope, int, int, float, bytes]] = []
         self._second = -1
         self._stamp = b""
         self._scheduled = False
 
-    def write_text(self, message: bytes) -> None:
-        now = time.time()
-        second = int(now)
-        if second != self._second:
-            self._second = second
-            self._stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second)).encode()
-        self._add(b"%s,%03d INFO duralog.access: %s\n" % (
-            self._stamp, int((now - second) * 1000), message))
-
-    def write_json(self, message: str, fields: dict[str, Any]) -> None:
-        self._add(orjson.dumps({"ts": round(time.time(), 6), "level": "info",
-                                "logger": "duralog.access", "message": message, **fields})
-                  + b"\n")
-
-    def _add(self, line: bytes) -> None:
-        self._lines.append(line)
-        self._size += len(line)
-        if self._size >= 1 << 16:
+    def add(self, scope: Scope, status: int, size: int, seconds: float, rid: bytes) -> None:
+        pending = self._pending
+        pending.append((time.time(), scope, status, size, seconds, rid))
+        if len(pending) >= 1024:
             self.flush()
         elif not self._scheduled:
             try:
@@ -250,16 +236,33 @@ class AccessWriter:
 
     def flush(self) -> None:
         self._scheduled = False
-        if not self._lines:
+        if not self._pending:
             return
-        data = memoryview(b"".join(self._lines))
-        self._lines.clear()
-        self._size = 0
+        pending, self._pending = self._pending, []
+        lines = [self._json_line(*p) if self.json else self._text_line(*p) for p in pending]
+        data = memoryview(b"".join(lines))
         try:
             while data:
                 data = data[os.write(self.fd, data):]
         except OSError:
             pass  # a closed stderr must not fail requests
+
+    def _text_line(self, now: float, scope: Scope, status: int, size: int, seconds: float,
+                   rid: bytes) -> bytes:
+        second = int(now)
+        if second != self._second:
+            self._second = second
+            self._stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second)).encode()
+        client = scope.get("client")
+        return b'%s,%03d INFO duralog.access: %s "%s %s" %d %dB %.1fms id=%s\n' % (
+            self._stamp, int((now - second) * 1000), client[0].encode() if client else b"-",
+            scope["method"].encode(), _logged_path(scope), status, size, seconds * 1000, rid)
+
+    def _json_line(self, now: float, scope: Scope, status: int, size: int, seconds: float,
+                   rid: bytes) -> bytes:
+        message, fields = _access_fields(scope, status, size, seconds, rid)
+        return orjson.dumps({"ts": round(now, 6), "level": "info", "logger": "duralog.access",
+                             "message": message, **fields}) + b"\n"
 
 
 #: Set by ``configure_logging`` (the CLI); None: access lines go through logging.
@@ -272,34 +275,36 @@ def flush_access_log() -> None:
 
 
 def _log_access(scope: Scope, status: int, size: int, seconds: float, rid: bytes) -> None:
-    writer = _writer
-    if writer is None and not access_log.isEnabledFor(logging.INFO):
-        return
-    # The raw path: percent-encoded as sent, so no control character reaches the log.
+    if _writer is not None:
+        _writer.add(scope, status, size, seconds, rid)
+    elif access_log.isEnabledFor(logging.INFO):
+        message, fields = _access_fields(scope, status, size, seconds, rid)
+        access_log.info(message, extra={"fields": fields})
+
+
+def _logged_path(scope: Scope) -> bytes:
+    """The raw path, percent-encoded as sent (so no control character reaches a log),
+    and the query with credential-like values masked."""
     path: bytes = scope.get("raw_path") or scope["path"].encode("utf-8", "replace")
     if b"?" in path:
         path = path.split(b"?", 1)[0]
     query = scope.get("query_string")
     if query:
         path += b"?" + _mask_query(query)
+    return path
+
+
+def _access_fields(scope: Scope, status: int, size: int, seconds: float, rid: bytes
+                   ) -> tuple[str, dict[str, Any]]:
     client = scope.get("client")
-    peer = client[0] if client else "-"
-    if writer is not None and not writer.json:
-        writer.write_text(b'%s "%s %s" %d %dB %.1fms id=%s' % (
-            peer.encode(), scope["method"].encode(), path, status, size, seconds * 1000, rid))
-        return
     method = scope["method"]
-    text_path = path.decode("latin-1")
+    path = _logged_path(scope).decode("latin-1")
     request_id = rid.decode("ascii")
-    message = (f'{peer} "{method} {text_path}" {status} {size}B {seconds * 1000:.1f}ms '
-               f'id={request_id}')
-    fields = {"method": method, "path": text_path, "status": status, "bytes": size,
-              "duration_ms": round(seconds * 1000, 3), "request_id": request_id,
-              "client": client[0] if client else None}
-    if writer is not None:
-        writer.write_json(message, fields)
-    else:
-        access_log.info(message, extra={"fields": fields})
+    message = (f'{client[0] if client else "-"} "{method} {path}" {status} {size}B '
+               f'{seconds * 1000:.1f}ms id={request_id}')
+    return message, {"method": method, "path": path, "status": status, "bytes": size,
+                     "duration_ms": round(seconds * 1000, 3), "request_id": request_id,
+                     "client": client[0] if client else None}
 
 
 def _mask_query(query: bytes) -> bytes:
