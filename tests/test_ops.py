@@ -499,9 +499,10 @@ def small_tmpfs(tmp_path: Path):  # type: ignore[no-untyped-def]
         subprocess.run(["umount", "-l", str(mnt)], capture_output=True, timeout=20)
 
 
-def test_readyz_on_a_full_disk(small_tmpfs: Path) -> None:
+def test_readyz_on_a_full_disk(small_tmpfs: Path, tmp_path: Path) -> None:
     data = small_tmpfs / "data"
-    server = duralog_server("sqlite", data_dir=data).start()
+    log = tmp_path / "server.log"
+    server = duralog_server("sqlite", data_dir=data, log_path=log).start()
     filler = small_tmpfs / "filler"
     try:
         url = server.url
@@ -524,6 +525,8 @@ def test_readyz_on_a_full_disk(small_tmpfs: Path) -> None:
                          headers={"content-type": "text/plain"}, timeout=30)
         assert big.status_code == 507, big.text  # nothing fits: refused, nothing written
         assert metrics(url)["duralog_store_errors_total"] == before + 1
+        # the storage error is logged at error level, with its reason
+        assert f"ERROR duralog: POST {PREFIX}{name}: 507 insufficient storage" in log.read_text()
         filler.unlink()
         assert httpx.get(url + "/readyz").status_code == 200
         ok = httpx.post(url + PREFIX + name, content=b" after",
