@@ -37,6 +37,7 @@ from .context import ServerContext
 from .health import HealthApp, MetricsApp, ReadyApp
 from .http import (
     METHODS,
+    ASGIApp,
     Disconnected,
     Receive,
     Request,
@@ -46,6 +47,7 @@ from .http import (
     relative_path,
 )
 from .live import LiveReads
+from .observe import ObserveLayer, ServerMetrics
 from .streams import REGISTRY, StreamOps, name_is_registry
 
 log = logging.getLogger("duralog")
@@ -92,10 +94,17 @@ class DuralogApp:
         self._start_lock = asyncio.Lock()
         self._sweeper: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
+        self.metrics = (ServerMetrics(self.ctx.metrics, self.store) if self.config.metrics
+                        else None)
         self.http = Responses(self.config.cors_origin)
-        self.streams = StreamOps(self.config, self.store, self.http)
-        self.live = LiveReads(self.config, self.store, self.http, self.streams)
+        self.streams = StreamOps(self.config, self.store, self.http, self.metrics)
+        self.live = LiveReads(self.config, self.store, self.http, self.streams, self.ctx.closing,
+                              self.metrics)
         self.streams.live = self.live
+        # Cross-cutting layers wrap the composed app once, outermost last.
+        self._entry: ASGIApp = self._http
+        if self.config.access_log or self.metrics is not None:
+            self._entry = ObserveLayer(self._entry, self.metrics, self.config.access_log)
         root = self.config.stream_prefix.rstrip("/")
         mounts = [(prefix.replace("{streams}", root), factory(self.ctx))
                   for prefix, factory in MOUNTS]
@@ -114,7 +123,7 @@ class DuralogApp:
             if self.config.registry and self.store.get(REGISTRY) is None:
                 await self.store.create(REGISTRY, CreateRequest(content_type="application/json"),
                                         None)
-            self.live.closing.clear()
+            self.ctx.closing.clear()
             for _, app in self._sub_apps():
                 await app.startup()
             self._sweeper = asyncio.create_task(self._sweep_loop())
@@ -124,7 +133,7 @@ class DuralogApp:
         if not self._started:
             return
         self._started = False
-        self.live.closing.set()
+        self.begin_shutdown()
         if self._sweeper is not None:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -132,6 +141,13 @@ class DuralogApp:
         for _, app in reversed(self._sub_apps()):
             await app.shutdown()
         await self.store.stop()
+
+    def begin_shutdown(self) -> None:
+        """Readiness turns 503 and every live reader gets its normal end now (live.py).
+
+        ``duralog serve`` calls this on SIGINT/SIGTERM before its server waits for
+        open responses to finish; ``shutdown`` calls it too."""
+        self.live.begin_shutdown()
 
     def _sub_apps(self) -> list[tuple[str, SubApp]]:
         apps = list(self._mounts)
@@ -156,7 +172,7 @@ class DuralogApp:
         if kind == "http":
             if not self._started:
                 await self.startup()
-            await self._http(scope, receive, send)
+            await self._entry(scope, receive, send)
         elif kind == "lifespan":
             await self._lifespan(receive, send)
 
@@ -181,6 +197,15 @@ class DuralogApp:
         except Disconnected:
             pass
         except ProtocolError as err:
+            if err.status >= 500:
+                # 503/507 come from the store: nothing was written (store/sqlite.py).
+                log.error("%s %s: %d %s", scope.get("method"), scope.get("path"), err.status,
+                          err.reason)
+                if self.metrics is not None and err.status in (503, 507):
+                    self.metrics.store_errors += 1
+            elif log.isEnabledFor(logging.DEBUG):
+                log.debug("refused %s %s: %d %s", scope.get("method"), scope.get("path"),
+                          err.status, err.reason)
             await self.http.error(send, err)
         except Exception:
             # A bug must still answer like the server: one line, security headers (12.7).
