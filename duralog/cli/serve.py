@@ -28,6 +28,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--max-body-size", type=parse_size, metavar="BYTES",
                    help="largest append accepted, larger gets 413 (default 64MiB; "
                         "DURALOG_MAX_BODY_SIZE)")
+    p.add_argument("--console", action=argparse.BooleanOptionalAction, default=None,
+                   help="serve the web console at / (default on; DURALOG_CONSOLE)")
     p.add_argument("--log-level", default="warning",
                    choices=["critical", "error", "warning", "info", "debug"])
     p.set_defaults(run=run)
@@ -42,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
         config = Config.from_env(
             host=args.host, port=args.port, backend=args.backend, data_dir=args.data_dir,
             long_poll_timeout=args.long_poll_timeout, chunk_size=args.chunk_size,
-            max_body_size=args.max_body_size)
+            max_body_size=args.max_body_size, console=args.console)
     except ValueError as err:
         print(f"duralog serve: {err}", file=sys.stderr)
         return 2
