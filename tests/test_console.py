@@ -17,11 +17,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import playwright.sync_api as playwright_api
 import pytest
 
 from .servers import ROOT, ServerProcess, duralog_server
-
-playwright_api = pytest.importorskip("playwright.sync_api", reason="the test extra installs it")
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 # Flags for a sandboxed root CI machine with no network beyond loopback.
