@@ -91,7 +91,10 @@ class ConsoleApp:
             "server": "duralog",
             "version": __version__,
             "backend": config.backend,
-            "dataDir": config.data_dir if config.backend != "memory" else None,
+            # With access control on, anyone may load the page: keep the server's
+            # filesystem layout to operators (docs/console.md).
+            "dataDir": (config.data_dir if config.backend != "memory"
+                        and not getattr(config, "auth", None) else None),
             "startedAt": int(self.started_at * 1000),
             "streamPrefix": config.stream_prefix,
             "metrics": bool(getattr(config, "metrics", True)),

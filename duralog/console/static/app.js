@@ -73,7 +73,10 @@ async function serverPanel() {
   if (!info.metrics) return;
   const poll = async () => {
     try {
-      const text = await (await fetch("/metrics", { cache: "no-store" })).text();
+      const headers = settings.token ? { Authorization: `Bearer ${settings.token}` } : {};
+      const res = await fetch("/metrics", { cache: "no-store", headers });
+      if (!res.ok) { figures = ""; draw(); return; }  // metrics may need an admin token
+      const text = await res.text();
       const appends = metric(text, "duralog_appends_total");
       const readers = metric(text, "duralog_live_readers");
       const now = performance.now();

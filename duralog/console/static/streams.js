@@ -98,8 +98,10 @@ export function streamsView(main, app) {
   filter.addEventListener("input", draw);
   document.getElementById("new-stream").addEventListener("click", () => createDialog(app));
 
+  // Long-poll, not SSE: a token that may read only some streams gets the
+  // registry filtered to them, which the server does for catch-up and long-poll.
   const registry = new Reader("__registry__", {
-    offset: "-1", mode: "sse", contentType: "application/json",
+    offset: "-1", mode: "long-poll", contentType: "application/json",
     onChunk: (chunk) => {
       for (const event of chunk.data || []) {
         if (!event || event.type !== "stream" || typeof event.key !== "string") continue;
