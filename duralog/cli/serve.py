@@ -60,6 +60,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--max-body-size", type=size, metavar="BYTES",
                    help="largest append accepted, larger gets 413 (default 64MiB; "
                         "DURALOG_MAX_BODY_SIZE)")
+    p.add_argument("--console", action=argparse.BooleanOptionalAction, default=None,
+                   help="serve the web console at / (default on; DURALOG_CONSOLE)")
     p.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"],
                    help="least severe log lines written to stderr: info adds startup facts, "
                         "debug adds every refused request with its reason (default warning; "
@@ -87,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
             long_poll_timeout=args.long_poll_timeout, chunk_size=args.chunk_size,
             max_body_size=args.max_body_size, access_log=args.access_log,
             metrics=args.metrics, log_format=args.log_format,
-            forwarded_allow_ips=args.forwarded_allow_ips)
+            forwarded_allow_ips=args.forwarded_allow_ips, console=args.console)
     except ValueError as err:
         print(f"duralog serve: {err}", file=sys.stderr)
         return 2

@@ -33,6 +33,7 @@ from ..protocol.paths import stream_name
 from ..protocol.state import CreateRequest, StreamState
 from ..store import Store, open_store
 from .config import Config
+from .console import ConsoleApp
 from .context import ServerContext
 from .health import HealthApp, MetricsApp, ReadyApp
 from .http import (
@@ -67,18 +68,20 @@ class SubApp(Protocol):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None: ...
 
 
-# The mount table: path prefix (relative to the app's root) -> sub-app factory.
-# ``{streams}`` stands for config.stream_prefix without its final slash. These
-# paths are outside the stream root (or in its reserved __ds segment, PROTOCOL.md 6),
-# so they never collide with a stream name.
-MOUNTS: list[tuple[str, Callable[[ServerContext], SubApp]]] = [
-    ("/healthz", HealthApp),
-    ("/readyz", ReadyApp),
-    ("/metrics", MetricsApp),
+# The mount table: path prefix (relative to the app's root), sub-app factory, and
+# whether the configuration turns it on. ``{streams}`` stands for
+# config.stream_prefix without its final slash. These paths are outside the
+# stream root (or in its reserved __ds segment, PROTOCOL.md 6), so they never
+# collide with a stream name.
+MOUNTS: list[tuple[str, Callable[[ServerContext], SubApp], Callable[[Config], bool]]] = [
+    ("/healthz", HealthApp, lambda config: True),
+    ("/readyz", ReadyApp, lambda config: True),
+    ("/metrics", MetricsApp, lambda config: True),
     # ("{streams}/__ds", SubscriptionsApp),  # subscriptions issue
     # ("/v1/proxy", ProxyApp),               # proxy issue
     # ("/v1/yjs", YjsApp),                   # yjs issue
-    # ("/", ConsoleApp),                     # console issue (only paths nothing else serves)
+    # The web console: only paths nothing else serves.
+    ("/", ConsoleApp, lambda config: config.console),
 ]
 
 
@@ -107,7 +110,7 @@ class DuralogApp:
             self._entry = ObserveLayer(self._entry, self.metrics, self.config.access_log)
         root = self.config.stream_prefix.rstrip("/")
         mounts = [(prefix.replace("{streams}", root), factory(self.ctx))
-                  for prefix, factory in MOUNTS]
+                  for prefix, factory, enabled in MOUNTS if enabled(self.config)]
         # Longest prefix first, so a mount inside another (or inside the stream
         # root) wins; "/" (the console) only serves what nothing else does.
         self._mounts = sorted((m for m in mounts if m[0] != "/"), key=lambda m: -len(m[0]))
@@ -223,11 +226,11 @@ class DuralogApp:
         prefix = self.config.stream_prefix.encode()
         method = scope["method"]
         if not raw.startswith(prefix):
-            if self._fallback is not None:
-                await self._fallback(_child_scope(scope, ""), receive, send)
-                return
             if method == "OPTIONS":
                 await self.http.preflight(send)
+                return
+            if self._fallback is not None:
+                await self._fallback(_child_scope(scope, ""), receive, send)
                 return
             if raw in (b"/", b"") and method in ("GET", "HEAD"):
                 await self.http.respond(send, 200, [(b"content-type", b"application/json")],

@@ -29,6 +29,7 @@ class Config:
     # Peers (IPs or CIDRs, comma separated, or *) whose X-Forwarded-Proto/-Host and
     # Forwarded headers are believed when the server writes absolute URLs.
     forwarded_allow_ips: str = ""
+    console: bool = True  # the web console at / (duralog/console)
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None, **overrides: object) -> Config:

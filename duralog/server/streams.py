@@ -191,6 +191,10 @@ class StreamOps:
             headers.append((b"stream-expires-at", state.expires_at.encode()))
         if state.closed:
             headers.append((b"stream-closed", b"true"))
+        if state.forked_from is not None:
+            # Not required by 5.5; lets tools (the console, `duralog info`) show a fork's source.
+            source = self.config.stream_prefix + state.forked_from  # a path, as in 4.2
+            headers.append((b"stream-forked-from", source.encode()))
         all_headers = self.http.base_headers + headers
         await send({"type": "http.response.start", "status": 200, "headers": all_headers})
         await send({"type": "http.response.body", "body": b""})
