@@ -29,6 +29,10 @@ def pattern(size: int) -> bytes:
     return out
 
 
+#: How many requests carried ?id=X (a test asks /count?of=X: was the model re-run?).
+REQUESTS: dict[str, int] = {}
+
+
 class Dropped(Exception):
     """Raised mid-body so uvicorn cuts the connection (what a network drop looks like)."""
 
@@ -53,6 +57,14 @@ async def app(scope: Scope, receive: Any, send: Any) -> None:
                 return
     path = scope["path"]
     q = dict(parse_qsl(scope.get("query_string", b"").decode()))
+    if "id" in q:
+        REQUESTS[q["id"]] = REQUESTS.get(q["id"], 0) + 1
+    if path == "/count":
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"text/plain")]})
+        await send({"type": "http.response.body", "body": str(REQUESTS.get(q.get("of", ""), 0)
+                                                              ).encode()})
+        return
     body = await _read_body(receive)
     n = int(q.get("n", 5))
     delay = float(q.get("delay", 0)) / 1000
