@@ -16,11 +16,12 @@ ALLOW = "http://127.0.0.1:*/**,http://local*:*/**"
 def proxy_server(backend: str = "memory", data_dir: Path | str = "/nonexistent",
                  log_path: Path | None = None, port: int | None = None,
                  **env: str) -> ServerProcess:
-    """duralog with the proxy at /v1/proxy, in a subprocess."""
+    """``duralog serve --proxy`` in a subprocess (short timeouts from the environment)."""
     port = port or free_port()
-    args = [sys.executable, "tests/proxy_serve.py", str(port), backend, str(data_dir)]
-    base = {"DURALOG_PROXY_ALLOW": ALLOW, "DURALOG_PROXY_SECRET": SECRET,
-            "DURALOG_PROXY_HEADER_TIMEOUT": "1", "DURALOG_PROXY_BODY_TIMEOUT": "1.5"}
+    args = [sys.executable, "-m", "duralog", "serve", "--port", str(port), "--backend", backend,
+            "--data-dir", str(data_dir), "--proxy", "--proxy-allow", ALLOW,
+            "--proxy-secret", SECRET]
+    base = {"DURALOG_PROXY_HEADER_TIMEOUT": "1", "DURALOG_PROXY_BODY_TIMEOUT": "1.5"}
     return ServerProcess(args, port, env={**base, **env}, log_path=log_path)
 
 

@@ -413,3 +413,18 @@ def test_server_restart_mid_generation_closes_as_interrupted(how, upstream, tmp_
         assert text_bytes(5000).startswith(body)
     finally:
         server.stop()
+
+
+def test_proxy_is_off_unless_enabled(memory_server):
+    r = httpx.post(memory_server.url + "/v1/proxy", headers={"Upstream-URL": "http://x/",
+                                                              "Upstream-Method": "GET"})
+    assert r.status_code == 404 and error_code(r) == "NOT_FOUND"
+    assert "--proxy" in r.json()["error"]["message"]
+
+
+def test_proxy_metrics(proxy, upstream):
+    loc = create(proxy.url, upstream.url + "/text?n=2", method="GET").headers["location"]
+    read_until_closed(loc)
+    text = httpx.get(proxy.url + "/metrics").text
+    assert "duralog_proxy_streams_created_total" in text
+    assert 'duralog_proxy_streams_ended_total{outcome="complete"}' in text

@@ -28,6 +28,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--max-body-size", type=parse_size, metavar="BYTES",
                    help="largest append accepted, larger gets 413 (default 64MiB; "
                         "DURALOG_MAX_BODY_SIZE)")
+    p.add_argument("--proxy", action="store_true", default=None,
+                   help="serve the durable proxy at /v1/proxy (DURALOG_PROXY=1; docs/proxy.md)")
+    p.add_argument("--proxy-allow", metavar="GLOBS",
+                   help="upstream URLs the proxy may call, globs separated by commas, e.g. "
+                        "'https://api.openai.com/v1/**' (none: every upstream is refused; "
+                        "DURALOG_PROXY_ALLOW)")
+    p.add_argument("--proxy-secret", metavar="SECRET",
+                   help="service secret for creating and managing proxy streams, as ?secret= "
+                        "or a Bearer token (DURALOG_PROXY_SECRET)")
     p.add_argument("--log-level", default="warning",
                    choices=["critical", "error", "warning", "info", "debug"])
     p.set_defaults(run=run)
@@ -46,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as err:
         print(f"duralog serve: {err}", file=sys.stderr)
         return 2
+    _proxy_settings(args)
     _raise_fd_limit()
     app = DuralogApp(config)
     where = config.data_dir if config.backend == "sqlite" else "memory"
@@ -60,6 +70,19 @@ def run(args: argparse.Namespace) -> int:
                 # connection whose next request is already waiting (docs/benchmarks.md).
                 proxy_headers=False, server_header=False, timeout_keep_alive=30)
     return 0
+
+
+def _proxy_settings(args: argparse.Namespace) -> None:
+    """The proxy sub-app reads its settings from DURALOG_PROXY_* (duralog.proxy.config);
+    flags win, so they are written there before the app is built."""
+    import os
+
+    if getattr(args, "proxy", None):
+        os.environ["DURALOG_PROXY"] = "1"
+    if getattr(args, "proxy_allow", None):
+        os.environ["DURALOG_PROXY_ALLOW"] = args.proxy_allow
+    if getattr(args, "proxy_secret", None):
+        os.environ["DURALOG_PROXY_SECRET"] = args.proxy_secret
 
 
 def _tune_gc() -> None:

@@ -31,6 +31,7 @@ from prometheus_client import CollectorRegistry
 from ..protocol.errors import ProtocolError
 from ..protocol.paths import stream_name
 from ..protocol.state import CreateRequest, StreamState
+from ..proxy.mount import proxy_app
 from ..store import Store, open_store
 from .config import Config
 from .context import ServerContext
@@ -74,7 +75,7 @@ MOUNTS: list[tuple[str, Callable[[ServerContext], SubApp]]] = [
     ("/readyz", ReadyApp),
     ("/metrics", MetricsApp),
     # ("{streams}/__ds", SubscriptionsApp),  # subscriptions issue
-    # ("/v1/proxy", ProxyApp),               # proxy issue
+    ("/v1/proxy", proxy_app),  # PROXY-PROTOCOL.md; 404 unless enabled (--proxy)
     # ("/v1/yjs", YjsApp),                   # yjs issue
     # ("/", ConsoleApp),                     # console issue (only paths nothing else serves)
 ]
