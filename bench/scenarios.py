@@ -342,3 +342,8 @@ SCENARIOS: dict[str, Callable[[Target, Config, int], list[Sample]]] = {
     "latency": latency,
     "fanout": fanout,
 }
+
+# The proxy scenario lives in its own module (it needs an upstream of its own).
+from .proxy import proxy  # noqa: E402
+
+SCENARIOS["proxy"] = proxy

@@ -91,7 +91,7 @@ class ProxyApp:
         self.pipes: dict[str, Pipe] = {}
         self.closing = False
         self._transport = transport
-        self.client: httpx.AsyncClient | None = None
+        self.client: _Clients | None = None
         origin = getattr(ctx.config, "cors_origin", "*")
         self.base_headers: Headers = [
             (b"access-control-allow-origin", origin.encode()),
@@ -103,11 +103,10 @@ class ProxyApp:
     # -- lifecycle -----------------------------------------------------------
     async def startup(self) -> None:
         self.closing = False
-        self.client = httpx.AsyncClient(
-            follow_redirects=False,  # 6.1: never follow a redirect
-            timeout=httpx.Timeout(None, connect=self.config.header_timeout),
-            limits=httpx.Limits(max_connections=None, max_keepalive_connections=256),
-            transport=self._transport, trust_env=False)
+        self.client = _Clients(self.config, self._transport)
+        # The first client imports httpcore's backends (seconds on a busy machine):
+        # pay that at start-up, not in the first proxied request.
+        self.client.give_back(self.client.take())
         await self._load_index()
         await self._recover()
 
@@ -354,7 +353,7 @@ class ProxyApp:
         response = await self._send_upstream(req, method.upper(), url, body)
         status = response.status_code
         if 300 <= status < 400:
-            await response.aclose()
+            await self._close_upstream(response)
             raise ProxyError(400, "REDIRECT_NOT_ALLOWED", "Proxy cannot follow redirects")  # 6.1
         if not 200 <= status < 300:
             await self._upstream_error(send, response)
@@ -392,19 +391,24 @@ class ProxyApp:
     async def _send_upstream(self, req: Request, method: str, url: str,
                              body: bytes) -> httpx.Response:
         assert self.client is not None
-        request = self.client.build_request(method, url, headers=self._upstream_headers(req, url),
-                                            content=body or None)
+        client = self.client.take()
         try:
+            request = client.build_request(method, url, content=body or None,
+                                           headers=self._upstream_headers(req, url))
             async with asyncio.timeout(self.config.header_timeout):  # 8.1
-                return await self.client.send(request, stream=True)
-        except TimeoutError:
-            raise ProxyError(504, "UPSTREAM_TIMEOUT",
-                             "upstream did not answer within the header timeout") from None
-        except httpx.TimeoutException:
-            raise ProxyError(504, "UPSTREAM_TIMEOUT", "upstream connection timed out") from None
-        except (httpx.HTTPError, OSError) as exc:
-            raise ProxyError(502, "UPSTREAM_ERROR",
-                             f"upstream request failed: {type(exc).__name__}") from None
+                response = await client.send(request, stream=True)
+        except BaseException as exc:
+            self.client.give_back(client)
+            if isinstance(exc, (TimeoutError, httpx.TimeoutException)):
+                raise ProxyError(504, "UPSTREAM_TIMEOUT",
+                                 "upstream did not answer within the header timeout") from None
+            if isinstance(exc, (httpx.HTTPError, OSError)):
+                raise ProxyError(502, "UPSTREAM_ERROR",
+                                 f"upstream request failed: {type(exc).__name__}") from None
+            raise
+        # The shard is given back when the response is done (_close_upstream, pipe end).
+        response.extensions["duralog_client"] = client
+        return response
 
     async def _upstream_error(self, send: Send, response: httpx.Response) -> None:
         """4.1: 502 with Upstream-Status and the upstream body, cut at the limit (12.3)."""
@@ -419,7 +423,7 @@ class ProxyApp:
         except (TimeoutError, httpx.HTTPError, OSError):
             pass
         finally:
-            await response.aclose()
+            await self._close_upstream(response)
         headers: Headers = [(b"upstream-status", str(response.status_code).encode()),
                             (b"cache-control", b"no-store")]
         ctype = response.headers.get("content-type")
@@ -436,13 +440,15 @@ class ProxyApp:
                 content_type=_stream_type(upstream_type),
                 expires_at=_rfc3339(expires + 60), expires_ts=float(expires + 60)), None)
         except ProtocolError as err:
-            await response.aclose()
+            await self._close_upstream(response)
             raise ProxyError(502, "STORAGE_ERROR", f"could not create the stream: {err.reason}"
                              ) from None
         await self._record({"id": sid, "uct": upstream_type})
 
         async def ended(outcome: str) -> None:
             self.pipes.pop(sid, None)
+            if self.client is not None:
+                self.client.give_back(response.extensions.get("duralog_client"))
             await self._finish(sid, outcome)
 
         self.pipes[sid] = Pipe(self.store, STREAMS + sid, response, self.config, ended,
@@ -454,6 +460,11 @@ class ProxyApp:
         if upstream_type:
             headers.append((b"upstream-content-type", upstream_type.encode("latin-1")))
         await self.respond(send, 201, headers)  # 4.1: no body
+
+    async def _close_upstream(self, response: httpx.Response) -> None:
+        await response.aclose()
+        if self.client is not None:
+            self.client.give_back(response.extensions.get("duralog_client"))
 
     # -- abort (4.3) and delete (4.5) ---------------------------------------------------
     async def _abort(self, req: Request, send: Send, sid: str) -> None:
@@ -503,6 +514,47 @@ def _base_url(req: Request) -> str:
         server = scope.get("server") or ("localhost", 80)
         host = f"{server[0]}:{server[1]}"
     return f"{scope.get('scheme', 'http')}://{host}{scope.get('root_path', '')}".rstrip("/")
+
+
+class _Clients:
+    """Upstream HTTP clients, each carrying at most ``PER_CLIENT`` requests at once.
+
+    One httpx client for every upstream call would do, but its connection pool
+    scans all its connections on every request and response (O(n) each): with a
+    thousand bodies being piped, that cost ran the server (docs/benchmarks.md).
+    Small shards keep keep-alive and make each scan short.
+    """
+
+    PER_CLIENT = 32
+
+    def __init__(self, config: ProxyConfig, transport: httpx.AsyncBaseTransport | None) -> None:
+        self._config = config
+        self._transport = transport
+        self._load: dict[httpx.AsyncClient, int] = {}
+        # One TLS context for all shards: building one loads the CA store (slow).
+        self._tls = httpx.create_ssl_context()
+
+    def take(self) -> httpx.AsyncClient:
+        for client, load in self._load.items():
+            if load < self.PER_CLIENT:
+                self._load[client] = load + 1
+                return client
+        client = httpx.AsyncClient(
+            follow_redirects=False,  # 6.1: never follow a redirect
+            timeout=httpx.Timeout(None, connect=self._config.header_timeout),
+            limits=httpx.Limits(max_connections=None, max_keepalive_connections=self.PER_CLIENT),
+            transport=self._transport, trust_env=False, verify=self._tls)
+        self._load[client] = 1
+        return client
+
+    def give_back(self, client: httpx.AsyncClient | None) -> None:
+        if client is not None and client in self._load:
+            self._load[client] = max(0, self._load[client] - 1)
+
+    async def aclose(self) -> None:
+        clients, self._load = list(self._load), {}
+        for client in clients:
+            await client.aclose()
 
 
 class _Metrics:
