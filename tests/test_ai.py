@@ -214,3 +214,63 @@ def test_normalize_rejects_unknown_items():
 
     events = asyncio.run(main())
     assert events[-1]["type"] == "error" and "float" in events[-1]["message"]
+
+
+# -- the real SDKs, pointed at the package's fake model ----------------------------------------
+
+
+@pytest.fixture(scope="module")
+def fake_model() -> Iterator[str]:
+    from duralog.ai import fake
+
+    from .servers import ThreadedServer
+
+    with ThreadedServer(fake.app) as s:
+        yield s.url
+
+
+def test_real_openai_sdk_stream(server, fake_model):
+    openai = pytest.importorskip("openai")
+
+    async def main() -> tuple[dict, str, dict | None]:
+        client = openai.AsyncOpenAI(base_url=fake_model + "/v1", api_key="sk-fake")
+        stream = await client.chat.completions.create(
+            model="fake", stream=True, messages=[{"role": "user", "content": "hi there"}])
+        u = url(server)
+        final = await write_events(u, stream)
+        text, end = await read_text(u)
+        return final, text, end
+
+    final, text, end = asyncio.run(main())
+    assert text == "You said: hi there"
+    assert final["type"] == "finish" and final["reason"] == "stop"
+    assert final["usage"]["completion_tokens"] == 4 and end == final
+
+
+def test_real_anthropic_sdk_stream(server, fake_model):
+    anthropic = pytest.importorskip("anthropic")
+
+    async def main() -> tuple[dict, str]:
+        client = anthropic.AsyncAnthropic(base_url=fake_model, api_key="sk-fake")
+        stream = await client.messages.create(
+            model="fake", max_tokens=64, stream=True,
+            messages=[{"role": "user", "content": "hello claude"}])
+        u = url(server)
+        final = await write_events(u, stream)
+        return final, (await read_text(u))[0]
+
+    final, text = asyncio.run(main())
+    assert text == "You said: hello claude"
+    assert final == {"type": "finish", "reason": "end_turn",
+                     "usage": {"input_tokens": 5, "output_tokens": 4}}
+
+
+def test_real_openai_sync_sdk_stream(server, fake_model):
+    openai = pytest.importorskip("openai")
+    client = openai.OpenAI(base_url=fake_model + "/v1", api_key="sk-fake")
+    stream = client.chat.completions.create(
+        model="fake", stream=True, messages=[{"role": "user", "content": "sync please"}])
+    u = url(server)
+    final = write_events_sync(u, stream)
+    assert final["reason"] == "stop"
+    assert asyncio.run(read_text(u))[0] == "You said: sync please"
