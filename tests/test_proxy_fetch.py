@@ -180,3 +180,32 @@ def test_expired_records_are_not_resumed(tmp_path):
     with DurableFetch("http://127.0.0.1:9", storage=storage) as fetcher:
         assert fetcher.resume("old") is None
     assert storage.load("old") is None
+
+
+# -- docs/proxy.md: every Python example runs ---------------------------------------------------
+
+
+def test_docs_examples_run(proxy, tmp_path):
+    import re
+
+    from duralog.ai import fake
+
+    doc = (ROOT / "docs/proxy.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", doc, re.S)
+    assert len(blocks) == 3
+    outputs = []
+    with ThreadedServer(fake.app) as model:
+        for block in blocks:
+            code = (block.replace("http://127.0.0.1:4437", proxy.url)
+                    .replace("http://127.0.0.1:8001", model.url)
+                    .replace("dev-secret", SECRET)
+                    .replace("/tmp/fetches.json", str(tmp_path / "fetches.json")))
+            result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                                    text=True, timeout=60)
+            assert result.returncode == 0, f"{block}\n{result.stderr}"
+            outputs.append(result.stdout)
+    assert outputs[0].startswith("text/event-stream\n")
+    assert '"content": "hello "' in outputs[0] and "data: [DONE]" in outputs[0]
+    assert outputs[0].endswith("complete\n")
+    assert outputs[1] == "True b'' complete\n"
+    assert outputs[2] == "aborted\n"
