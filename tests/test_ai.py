@@ -6,6 +6,7 @@ import asyncio
 import json
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from types import SimpleNamespace
@@ -274,3 +275,66 @@ def test_real_openai_sync_sdk_stream(server, fake_model):
     final = write_events_sync(u, stream)
     assert final["reason"] == "stop"
     assert asyncio.run(read_text(u))[0] == "You said: sync please"
+
+
+# -- docs/ai.md: every Python example runs -------------------------------------------------------
+
+
+def test_docs_examples_run(server, fake_model, tmp_path):
+    import re
+
+    doc = (ROOT / "docs/ai.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", doc, re.S)
+    assert len(blocks) == 4
+    suffix = uuid.uuid4().hex[:8]
+
+    def adapt(code: str) -> str:
+        code = code.replace("http://127.0.0.1:4437", server.url)
+        code = code.replace("http://127.0.0.1:8001", fake_model)
+        return re.sub(r"/v1/stream/answers/(\d+)", rf"/v1/stream/answers-{suffix}/\1", code)
+
+    outputs = []
+    for block in blocks[:3]:
+        result = subprocess.run([sys.executable, "-c", adapt(block)], cwd=ROOT,
+                                capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, f"{block}\n{result.stderr}"
+        outputs.append(result.stdout)
+    assert "Durable tokens survive refreshes\n" in outputs[0]
+    assert "'reason': 'stop'" in outputs[0]
+    assert "'reason': 'end_turn'" in outputs[1] and "You said: hi from anthropic" in outputs[1]
+    lines = outputs[2].splitlines()
+    assert lines[0] == "{'type': 'text', 'text': 'one '}"
+    assert lines[-1].startswith("{'type': 'finish'")
+    texts = "".join(eval(line)["text"] for line in lines if "'text'" in line)
+    assert texts.startswith("one ") and texts.endswith("six")
+
+    # The FastAPI app: saved as chat_app.py and served, as the block says.
+    (tmp_path / "chat_app.py").write_text(blocks[3])
+    port = free_port()
+    app = ServerProcess([sys.executable, "-m", "uvicorn", "chat_app:app", "--port", str(port),
+                         "--app-dir", str(tmp_path)], port, env={"DURALOG_URL": server.url},
+                        log_path=tmp_path / "app.log").start()
+    try:
+        r = httpx.post(app.url + "/api/chat", json={"id": "c1", "trigger": "submit-message",
+                                                    "messages": [{"id": "u", "role": "user",
+                                                                  "parts": [{"type": "text",
+                                                                             "text": "why?"}]}]})
+        assert r.status_code == 201 and r.json() == {"streamUrl": r.headers["location"]}
+        assert httpx.get(app.url + "/api/chat/c1/stream").status_code == 200  # in flight
+        text, finish = asyncio.run(read_ui_message(r.headers["location"]))
+        assert text == "You asked: why?" and finish["finishReason"] == "stop"
+        assert httpx.get(app.url + "/api/chat/c1/stream").status_code == 204  # done
+        s = httpx.post(app.url + "/api/sessions/s1", json={"messages": [
+            {"id": "u1", "role": "user", "parts": [{"type": "text", "content": "and now?"}]}]})
+        assert s.status_code == 202
+        session = f"{server.url}/v1/stream/sessions/s1"
+        for _ in range(100):
+            messages, _ = asyncio.run(read_session(session))
+            if len(messages) == 2 and messages[1]["parts"] and \
+                    messages[1]["parts"][0]["content"] == "You asked: and now?":
+                break
+            time.sleep(0.05)
+        assert [m["role"] for m in messages] == ["user", "assistant"]
+        assert messages[1]["parts"][0]["content"] == "You asked: and now?"
+    finally:
+        app.stop()
