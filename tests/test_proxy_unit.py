@@ -151,3 +151,37 @@ def test_pipe_batches_small_chunks_up_to_4k(linger: float) -> None:
     assert payloads[0] == 100
     assert all(s <= 4096 + 100 for s in payloads)
     assert len(payloads) < 20  # 200 chunks became a few appends
+
+
+def test_expired_proxy_streams_are_forgotten() -> None:
+    """A proxy stream removed by the store's expiry leaves the proxy's memory too."""
+    import logging
+    import time
+    from types import SimpleNamespace
+
+    from duralog.proxy.server import STREAMS, Meta, ProxyApp
+    from duralog.server.config import Config
+
+    async def main() -> tuple[bool, bool]:
+        store = MemoryStore()
+        await store.start()
+        ctx = SimpleNamespace(config=Config(), store=store, metrics=None,
+                              log=logging.getLogger("t"))
+        app = ProxyApp(ctx, ProxyConfig(enabled=True, allow=[]))
+        await app.startup()
+        await store.create(STREAMS + "abc", CreateRequest(
+            content_type="text/plain", expires_ts=time.time() + 0.05), None)
+        await app._record({"id": "abc", "uct": "text/plain"})
+        assert app.meta["abc"] == Meta("text/plain")
+        await asyncio.sleep(0.1)
+        await store.sweep_expired()
+        await asyncio.sleep(0.05)
+        gone = "abc" not in app.meta
+        await app.shutdown()
+        # A restart reads the index: the deletion was recorded.
+        again = ProxyApp(ctx, ProxyConfig(enabled=True, allow=[]))
+        await again.startup()
+        await again.shutdown()
+        return gone, "abc" not in again.meta
+
+    assert asyncio.run(main()) == (True, True)

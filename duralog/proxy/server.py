@@ -90,6 +90,7 @@ class ProxyApp:
         self.meta: dict[str, Meta] = {}
         self.pipes: dict[str, Pipe] = {}
         self.closing = False
+        self._tasks: set[asyncio.Task[None]] = set()
         self._transport = transport
         self.client: _Clients | None = None
         origin = getattr(ctx.config, "cors_origin", "*")
@@ -109,6 +110,8 @@ class ProxyApp:
         self.client.give_back(self.client.take())
         await self._load_index()
         await self._recover()
+        if self._on_removed not in self.store.removal_listeners:
+            self.store.removal_listeners.append(self._on_removed)
 
     async def shutdown(self) -> None:
         """The server is stopping: cut every upstream, flush, and mark the streams
@@ -168,6 +171,18 @@ class ProxyApp:
             if sid in self.pipes:
                 continue
             await self._finish(sid, INTERRUPTED)
+
+    def _on_removed(self, state: StreamState) -> None:
+        """A proxy stream the store expired (its URL expired a minute before) is
+        forgotten like a DELETE, so the proxy's memory does not grow without end."""
+        if not state.path.startswith(STREAMS):
+            return
+        sid = state.path[len(STREAMS):]
+        if self.meta.pop(sid, None) is not None and not self.closing:
+            task = asyncio.get_running_loop().create_task(
+                self._record({"id": sid, "deleted": True}))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     async def _finish(self, sid: str, outcome: str) -> None:
         # Outcome first, close second: whoever sees the close can read the outcome.
