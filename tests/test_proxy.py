@@ -428,3 +428,27 @@ def test_proxy_metrics(proxy, upstream):
     text = httpx.get(proxy.url + "/metrics").text
     assert "duralog_proxy_streams_created_total" in text
     assert 'duralog_proxy_streams_ended_total{outcome="complete"}' in text
+
+
+@pytest.mark.parametrize("live", ["sse", "long-poll"])
+def test_official_ts_client_reads_a_proxy_stream(live, proxy, upstream, node_available):
+    """The pre-signed URL is an ordinary stream URL to the official TypeScript client
+    (which the TypeScript durable fetch reads with): it keeps our query parameters."""
+    import json
+    import subprocess
+
+    from .servers import ROOT
+
+    loc = create(proxy.url, upstream.url + "/text?n=100&delay=5", method="GET").headers[
+        "location"]
+    args = {"url": loc, "live": live, "format": "bytes", "untilClosed": True,
+            "timeoutMs": 60000}
+    out = subprocess.run(["node", "tests/peers/ts-client.mjs", "read", json.dumps(args)],
+                         cwd=ROOT, capture_output=True, text=True, timeout=90)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert "error" not in result, result
+    import base64
+
+    data = base64.b64decode(result["b64"]) if "b64" in result else result["text"].encode()
+    assert data == text_bytes(100)
