@@ -185,3 +185,47 @@ def test_expired_proxy_streams_are_forgotten() -> None:
         return gone, "abc" not in again.meta
 
     assert asyncio.run(main()) == (True, True)
+
+
+def test_service_auth_hook_accepts_other_credentials() -> None:
+    """The hook the security layer's scoped tokens plug into (9.1): it decides first;
+    None leaves the shared secret to decide."""
+    import logging
+    from types import SimpleNamespace
+
+    import httpx
+
+    from duralog.proxy.server import ProxyApp
+    from duralog.server.config import Config
+
+    from .servers import ThreadedServer
+
+    def scoped(req):
+        token = req.header("authorization")
+        if token == "Bearer scoped-ok":
+            return True
+        if token == "Bearer scoped-bad":
+            return False
+        return None
+
+    store = MemoryStore()
+    ctx = SimpleNamespace(config=Config(), store=store, metrics=None,
+                          log=logging.getLogger("t"))
+    app = ProxyApp(ctx, ProxyConfig(enabled=True, allow=[], secret="shh"), service_auth=scoped)
+
+    async def lifespan_app(scope, receive, send):
+        if scope["type"] == "lifespan":
+            await store.start()
+        await app(scope, receive, send)
+
+    def post(auth: str) -> httpx.Response:
+        return httpx.post(server.url, headers={"Authorization": auth,
+                                               "Upstream-URL": "https://x.test/",
+                                               "Upstream-Method": "GET"})
+
+    with ThreadedServer(lifespan_app) as server:
+        # Authorized (by the hook or the secret): the request goes on to the allowlist.
+        assert post("Bearer scoped-ok").json()["error"]["code"] == "UPSTREAM_NOT_ALLOWED"
+        assert post("Bearer shh").json()["error"]["code"] == "UPSTREAM_NOT_ALLOWED"
+        assert post("Bearer scoped-bad").json()["error"]["code"] == "INVALID_SECRET"
+        assert post("Bearer other").json()["error"]["code"] == "INVALID_SECRET"
