@@ -33,19 +33,14 @@ from .allowlist import Allowlist, parse_upstream_url
 from .asgi import Disconnected, Headers, Receive, Request, Scope, Send
 from .config import ProxyConfig
 from .errors import ProxyError
+from .metrics import ProxyMetrics
 from .pipe import INTERRUPTED, Pipe
 from .signing import sign, verify
+from .upstream import UpstreamClients, upstream_headers
 
 STREAMS = "__ds/proxy/s/"
 INDEX = "__ds/proxy/index"
 METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")  # 4.1 Upstream-Method
-
-# 5.2: hop-by-hop headers, and what the proxy itself consumes or replaces.
-HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy-authorization",
-                        "te", "trailers", "trailer", "transfer-encoding", "upgrade"})
-NOT_FORWARDED = HOP_BY_HOP | {"host", "authorization", "content-length", "accept-encoding",
-                              "forwarded", "x-forwarded-for", "x-forwarded-host",
-                              "x-forwarded-proto"}
 
 _EXPOSE = (b"Location, Upstream-Content-Type, Upstream-Status, Proxy-Outcome, "
            b"Stream-Next-Offset, Stream-Cursor, Stream-Up-To-Date, Stream-Closed, "
@@ -92,19 +87,19 @@ class ProxyApp:
         self.closing = False
         self._tasks: set[asyncio.Task[None]] = set()
         self._transport = transport
-        self.client: _Clients | None = None
+        self.client: UpstreamClients | None = None
         origin = getattr(ctx.config, "cors_origin", "*")
         self.base_headers: Headers = [
             (b"access-control-allow-origin", origin.encode()),
             (b"access-control-expose-headers", _EXPOSE),
             (b"x-content-type-options", b"nosniff"),
         ]
-        self._metrics = _Metrics(getattr(ctx, "metrics", None))
+        self._metrics = ProxyMetrics(getattr(ctx, "metrics", None))
 
     # -- lifecycle -----------------------------------------------------------
     async def startup(self) -> None:
         self.closing = False
-        self.client = _Clients(self.config, self._transport)
+        self.client = UpstreamClients(self.config, self._transport)
         # The first client imports httpcore's backends (seconds on a busy machine):
         # pay that at start-up, not in the first proxied request.
         self.client.give_back(self.client.take())
@@ -392,24 +387,13 @@ class ProxyApp:
             if not message.get("more_body", False):
                 return b"".join(chunks)
 
-    def _upstream_headers(self, req: Request, url: str) -> dict[str, str]:
-        """5.1 / 5.2: what the upstream gets of the client's headers."""
-        named = {h.strip().lower() for h in (req.header("connection") or "").split(",")}
-        headers = {k: v for k, v in req.headers.items()
-                   if k not in NOT_FORWARDED and not k.startswith("upstream-")
-                   and k not in named}
-        auth = req.header("upstream-authorization")
-        if auth:
-            headers["authorization"] = auth
-        return headers
-
     async def _send_upstream(self, req: Request, method: str, url: str,
                              body: bytes) -> httpx.Response:
         assert self.client is not None
         client = self.client.take()
         try:
             request = client.build_request(method, url, content=body or None,
-                                           headers=self._upstream_headers(req, url))
+                                           headers=upstream_headers(req))
             async with asyncio.timeout(self.config.header_timeout):  # 8.1
                 response = await client.send(request, stream=True)
         except BaseException as exc:
@@ -529,73 +513,3 @@ def _base_url(req: Request) -> str:
         server = scope.get("server") or ("localhost", 80)
         host = f"{server[0]}:{server[1]}"
     return f"{scope.get('scheme', 'http')}://{host}{scope.get('root_path', '')}".rstrip("/")
-
-
-class _Clients:
-    """Upstream HTTP clients, each carrying at most ``PER_CLIENT`` requests at once.
-
-    One httpx client for every upstream call would do, but its connection pool
-    scans all its connections on every request and response (O(n) each): with a
-    thousand bodies being piped, that cost ran the server (docs/benchmarks.md).
-    Small shards keep keep-alive and make each scan short.
-    """
-
-    PER_CLIENT = 32
-
-    def __init__(self, config: ProxyConfig, transport: httpx.AsyncBaseTransport | None) -> None:
-        self._config = config
-        self._transport = transport
-        self._load: dict[httpx.AsyncClient, int] = {}
-        # One TLS context for all shards: building one loads the CA store (slow).
-        self._tls = httpx.create_ssl_context()
-
-    def take(self) -> httpx.AsyncClient:
-        for client, load in self._load.items():
-            if load < self.PER_CLIENT:
-                self._load[client] = load + 1
-                return client
-        client = httpx.AsyncClient(
-            follow_redirects=False,  # 6.1: never follow a redirect
-            timeout=httpx.Timeout(None, connect=self._config.header_timeout),
-            limits=httpx.Limits(max_connections=None, max_keepalive_connections=self.PER_CLIENT),
-            transport=self._transport, trust_env=False, verify=self._tls)
-        self._load[client] = 1
-        return client
-
-    def give_back(self, client: httpx.AsyncClient | None) -> None:
-        if client is not None and client in self._load:
-            self._load[client] = max(0, self._load[client] - 1)
-
-    async def aclose(self) -> None:
-        clients, self._load = list(self._load), {}
-        for client in clients:
-            await client.aclose()
-
-
-class _Metrics:
-    """duralog_proxy_* on the server's registry (none when it has no registry)."""
-
-    def __init__(self, registry: Any) -> None:
-        self.enabled = registry is not None
-        if not self.enabled:
-            return
-        from prometheus_client import Counter
-
-        self._created = Counter("duralog_proxy_streams_created",
-                                "Proxy streams created", registry=registry)
-        self._ended = Counter("duralog_proxy_streams_ended", "Proxy streams ended, by outcome",
-                              ["outcome"], registry=registry)
-        self._bytes = Counter("duralog_proxy_upstream_bytes",
-                              "Upstream body bytes written to proxy streams", registry=registry)
-
-    def created(self) -> None:
-        if self.enabled:
-            self._created.inc()
-
-    def ended(self, outcome: str) -> None:
-        if self.enabled:
-            self._ended.labels(outcome).inc()
-
-    def piped(self, n: int) -> None:
-        if self.enabled:
-            self._bytes.inc(n)
