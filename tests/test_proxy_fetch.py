@@ -192,7 +192,7 @@ def test_docs_examples_run(proxy, tmp_path):
 
     doc = (ROOT / "docs/proxy.md").read_text()
     blocks = re.findall(r"```python\n(.*?)```", doc, re.S)
-    assert len(blocks) == 3
+    assert len(blocks) == 4
     outputs = []
     with ThreadedServer(fake.app) as model:
         for block in blocks:
@@ -209,3 +209,49 @@ def test_docs_examples_run(proxy, tmp_path):
     assert outputs[0].endswith("complete\n")
     assert outputs[1] == "True b'' complete\n"
     assert outputs[2] == "aborted\n"
+    assert outputs[3] == "You said: through the proxy\n"
+
+
+# -- the SDKs through the proxy (httpx transports) ------------------------------------------------
+
+
+def test_openai_sdk_through_the_durable_transport(proxy, upstream):
+    openai = pytest.importorskip("openai")
+    from duralog.proxy.transport import AsyncDurableTransport, DurableTransport
+
+    async def main() -> str:
+        transport = AsyncDurableTransport(P(proxy), secret=SECRET)
+        client = openai.AsyncOpenAI(base_url=upstream.url + "/v1", api_key="sk-upstream",
+                                    http_client=httpx.AsyncClient(transport=transport))
+        stream = await client.chat.completions.create(
+            model="fake", stream=True, messages=[{"role": "user", "content": "x"}],
+            extra_query={"n": "12", "delay": "5"})
+        text = ""
+        async for chunk in stream:
+            if chunk.choices and chunk.choices[0].delta.content:
+                text += chunk.choices[0].delta.content
+        with pytest.raises(openai.RateLimitError):
+            await client.chat.completions.create(
+                model="fake", stream=True, messages=[{"role": "user", "content": "x"}],
+                extra_query={"status": "429"})
+        return text
+
+    assert asyncio.run(main()) == text_bytes(12).decode()
+    client = openai.OpenAI(base_url=upstream.url + "/v1", api_key="sk-upstream",
+                           http_client=httpx.Client(transport=DurableTransport(
+                               P(proxy), secret=SECRET)))
+    stream = client.chat.completions.create(model="fake", stream=True, messages=[
+        {"role": "user", "content": "x"}], extra_query={"n": "7"})
+    assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == \
+        text_bytes(7).decode()
+
+
+def test_upstream_sees_the_sdk_key_not_the_proxy_secret(proxy, upstream):
+    from duralog.proxy.transport import DurableTransport
+
+    with httpx.Client(transport=DurableTransport(P(proxy), secret=SECRET)) as client:
+        r = client.post(upstream.url + "/echo", headers={"Authorization": "Bearer sk-up",
+                                                         "X-Sdk": "1"}, json={"a": 1})
+    echo = r.json()
+    assert echo["headers"]["authorization"] == "Bearer sk-up"
+    assert echo["headers"]["x-sdk"] == "1" and echo["body"] == '{"a":1}'
