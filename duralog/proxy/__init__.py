@@ -17,7 +17,8 @@ from .fetch import (
            FetchError,
 )
 from .storage import FetchStorage, FileStorage, MemoryStorage, SQLiteStorage
+from .transport import AsyncDurableTransport, DurableTransport
 
-__all__ = ["AsyncDurableFetch", "AsyncDurableResponse", "DurableFetch", "DurableResponse",
-           "FetchError", "FetchStorage", "FileStorage", "MemoryStorage", "ProxyConfig",
-           "SQLiteStorage"]
+__all__ = ["AsyncDurableFetch", "AsyncDurableResponse", "AsyncDurableTransport",
+           "DurableFetch", "DurableResponse", "DurableTransport", "FetchError", "FetchStorage",
+           "FileStorage", "MemoryStorage", "ProxyConfig", "SQLiteStorage"]
