@@ -21,7 +21,8 @@ def proxy_server(backend: str = "memory", data_dir: Path | str = "/nonexistent",
     args = [sys.executable, "-m", "duralog", "serve", "--port", str(port), "--backend", backend,
             "--data-dir", str(data_dir), "--proxy", "--proxy-allow", ALLOW,
             "--proxy-secret", SECRET]
-    base = {"DURALOG_PROXY_HEADER_TIMEOUT": "1", "DURALOG_PROXY_BODY_TIMEOUT": "1.5"}
+    # Short enough for the timeout tests, long enough for 100 creates on a busy machine.
+    base = {"DURALOG_PROXY_HEADER_TIMEOUT": "5", "DURALOG_PROXY_BODY_TIMEOUT": "3"}
     return ServerProcess(args, port, env={**base, **env}, log_path=log_path)
 
 

@@ -155,7 +155,7 @@ def test_upstream_errors_answer_502_with_status_and_capped_body(proxy, upstream)
 
 
 def test_header_timeout_is_504(proxy, upstream):
-    r = create(proxy.url, upstream.url + "/slow-headers?wait=4", method="GET")
+    r = create(proxy.url, upstream.url + "/slow-headers?wait=10", method="GET")
     assert r.status_code == 504 and error_code(r) == "UPSTREAM_TIMEOUT"
 
 

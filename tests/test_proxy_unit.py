@@ -229,3 +229,34 @@ def test_service_auth_hook_accepts_other_credentials() -> None:
         assert post("Bearer shh").json()["error"]["code"] == "UPSTREAM_NOT_ALLOWED"
         assert post("Bearer scoped-bad").json()["error"]["code"] == "INVALID_SECRET"
         assert post("Bearer other").json()["error"]["code"] == "INVALID_SECRET"
+
+
+def test_connections_are_checked_on_the_address_they_open() -> None:
+    """12.1 at connect time (against DNS rebinding): the socket itself is refused."""
+    import socket
+
+    import httpcore
+
+    from duralog.proxy.upstream import CheckedBackend
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    port = listener.getsockname()[1]
+
+    async def connect(patterns: list[str], host: str) -> bool:
+        backend = CheckedBackend(Allowlist(patterns))
+        try:
+            stream = await backend.connect_tcp(host, port, timeout=5)
+        except httpcore.ConnectError:
+            return False
+        await stream.aclose()
+        return True
+
+    try:
+        assert asyncio.run(connect(["http://*:*/**"], "localhost")) is False
+        assert asyncio.run(connect(["http://*:*/**"], "127.0.0.1")) is False
+        assert asyncio.run(connect(["http://localhost:*/**"], "localhost")) is True
+        assert asyncio.run(connect(["http://127.0.0.1:*/**"], "127.0.0.1")) is True
+    finally:
+        listener.close()

@@ -71,6 +71,15 @@ class Allowlist:
     def __init__(self, patterns: list[str], allow_private: bool = False) -> None:
         self.rules = [Rule(p, glob_to_regex(p), _literal_host(p)) for p in patterns]
         self.allow_private = allow_private
+        self._literal_hosts = {r.literal_host for r in self.rules if r.literal_host}
+
+    def address_allowed(self, host: str, address: ipaddress.IPv4Address | ipaddress.IPv6Address
+                        ) -> bool:
+        """12.1: may a connection for ``host`` go to ``address``? Public addresses yes;
+        others only for hosts some pattern names literally, or when allowed outright."""
+        if address.is_global and not address.is_multicast:
+            return True
+        return self.allow_private or host.lower() in self._literal_hosts
 
     def match(self, url: str) -> Rule | None:
         """The first rule the URL matches, or None. An empty list matches nothing (6)."""

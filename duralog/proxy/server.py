@@ -99,7 +99,7 @@ class ProxyApp:
     # -- lifecycle -----------------------------------------------------------
     async def startup(self) -> None:
         self.closing = False
-        self.client = UpstreamClients(self.config, self._transport)
+        self.client = UpstreamClients(self.config, self._transport, self.allowlist)
         # The first client imports httpcore's backends (seconds on a busy machine):
         # pay that at start-up, not in the first proxied request.
         self.client.give_back(self.client.take())
