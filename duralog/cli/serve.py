@@ -8,6 +8,15 @@ import sys
 from ..server.config import Config, parse_size
 
 
+def size(text: str) -> int:
+    """A byte size for argparse (``parse_size`` with an error message argparse shows)."""
+    try:
+        return parse_size(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a size: give bytes, or a number with k, MiB, G...") from None
+
+
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "serve", help="run the Durable Streams server",
@@ -22,10 +31,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--long-poll-timeout", type=float, metavar="SECONDS",
                    help="how long a long-poll waits for data (default 30; "
                         "DURALOG_LONG_POLL_TIMEOUT)")
-    p.add_argument("--chunk-size", type=parse_size, metavar="BYTES",
+    p.add_argument("--chunk-size", type=size, metavar="BYTES",
                    help="most bytes one catch-up read returns (default 1MiB; "
                         "DURALOG_CHUNK_SIZE)")
-    p.add_argument("--max-body-size", type=parse_size, metavar="BYTES",
+    p.add_argument("--max-body-size", type=size, metavar="BYTES",
                    help="largest append accepted, larger gets 413 (default 64MiB; "
                         "DURALOG_MAX_BODY_SIZE)")
     p.add_argument("--proxy", action="store_true", default=None,

@@ -62,6 +62,8 @@ def _convert(name: str, raw: str, default: object) -> object:
             if raw.lower() in ("0", "false", "no", "off"):
                 return False
             raise ValueError(raw)
+        if name == "port":
+            return int(raw)  # a port is a number, not a size: "4k" is a mistake
         if isinstance(default, int):
             return parse_size(raw)
         if isinstance(default, float):
