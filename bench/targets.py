@@ -210,6 +210,10 @@ def start(name: str, log_dir: Path, long_poll_timeout: float = 30.0,
     data_dir = (tempfile.mkdtemp(prefix=f"bench-{name.partition('@')[0]}-")
                 if spec.mode == "durable" else None)
     env = {**os.environ, **(extra_env or {})}
+    if spec.kind == "duralog":
+        # The proxy scenario's upstream runs on this machine (bench/proxy.py).
+        env.setdefault("DURALOG_PROXY", "1")
+        env.setdefault("DURALOG_PROXY_ALLOW", "http://127.0.0.1:*/**")
     if tree != ROOT:
         env["PYTHONPATH"] = str(tree)
     if spec.server == "uvicorn":

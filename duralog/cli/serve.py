@@ -79,6 +79,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         "whose X-Forwarded-Proto/-Host and Forwarded headers are trusted "
                         "for Location and other absolute URLs (default none; "
                         "DURALOG_FORWARDED_ALLOW_IPS)")
+    p.add_argument("--proxy", action="store_true", default=None,
+                   help="serve the durable proxy at /v1/proxy (DURALOG_PROXY=1; docs/proxy.md)")
+    p.add_argument("--proxy-allow", metavar="GLOBS",
+                   help="upstream URLs the proxy may call, globs separated by commas, e.g. "
+                        "'https://api.openai.com/v1/**' (none: every upstream is refused; "
+                        "DURALOG_PROXY_ALLOW)")
+    p.add_argument("--proxy-secret", metavar="SECRET",
+                   help="service secret for creating and managing proxy streams, as ?secret= "
+                        "or a Bearer token (DURALOG_PROXY_SECRET)")
     p.set_defaults(run=run)
 
 
@@ -100,6 +109,7 @@ def run(args: argparse.Namespace) -> int:
     from ..server.observe import configure_logging
 
     configure_logging(level, config.log_format, config.access_log)
+    _proxy_settings(args)
     _raise_fd_limit()
     try:
         import uvloop
@@ -219,6 +229,19 @@ def _startup_error(config: Config, exc: BaseException) -> str:
     if config.backend == "sqlite":
         return f"--data-dir {config.data_dir}: {reason}"
     return f"cannot start: {reason}"
+
+
+def _proxy_settings(args: argparse.Namespace) -> None:
+    """The proxy sub-app reads its settings from DURALOG_PROXY_* (duralog.proxy.config);
+    flags win, so they are written there before the app is built."""
+    import os
+
+    if getattr(args, "proxy", None):
+        os.environ["DURALOG_PROXY"] = "1"
+    if getattr(args, "proxy_allow", None):
+        os.environ["DURALOG_PROXY_ALLOW"] = args.proxy_allow
+    if getattr(args, "proxy_secret", None):
+        os.environ["DURALOG_PROXY_SECRET"] = args.proxy_secret
 
 
 def _tune_gc() -> None:

@@ -31,6 +31,7 @@ from prometheus_client import CollectorRegistry
 from ..protocol.errors import ProtocolError
 from ..protocol.paths import stream_name
 from ..protocol.state import CreateRequest, StreamState
+from ..proxy.mount import proxy_app
 from ..store import Store, open_store
 from .config import Config
 from .console import ConsoleApp
@@ -78,7 +79,8 @@ MOUNTS: list[tuple[str, Callable[[ServerContext], SubApp], Callable[[Config], bo
     ("/readyz", ReadyApp, lambda config: True),
     ("/metrics", MetricsApp, lambda config: True),
     # ("{streams}/__ds", SubscriptionsApp),  # subscriptions issue
-    # ("/v1/proxy", ProxyApp),               # proxy issue
+    # PROXY-PROTOCOL.md; mounted always, answering 404 unless enabled (--proxy).
+    ("/v1/proxy", proxy_app, lambda config: True),
     # ("/v1/yjs", YjsApp),                   # yjs issue
     # The web console: only paths nothing else serves.
     ("/", ConsoleApp, lambda config: config.console),
