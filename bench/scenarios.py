@@ -347,3 +347,8 @@ SCENARIOS: dict[str, Callable[[Target, Config, int], list[Sample]]] = {
     "fanout": fanout,
     "state": _state.state,
 }
+
+# The proxy scenario lives in its own module (it needs an upstream of its own).
+from .proxy import proxy  # noqa: E402
+
+SCENARIOS["proxy"] = proxy

@@ -83,7 +83,7 @@ def test_flipped_bit_in_a_record_is_never_served(tmp_path: Path) -> None:
         assert read_all(base + "bystander") == b"fine"  # the rest keeps working
         assert "failed its checksum" in log_text(tmp_path)
         metrics = httpx.get(server.url + "/metrics").text
-        assert 'duralog_store_errors_total{kind="checksum"} 1.0' in metrics
+        assert 'duralog_store_integrity_errors_total{kind="checksum"} 1.0' in metrics
     finally:
         server.stop()
     out = run_check(data_dir)
@@ -312,4 +312,15 @@ def test_format_1_database_is_migrated_with_checksums(tmp_path: Path) -> None:
         rows = con.execute("SELECT stream, end_pos, kind, data, checksum FROM records").fetchall()
         assert all(c == record_checksum(s, e, k, d) for s, e, k, d, c in rows)
         assert con.execute("SELECT last_used > 0 FROM producers").fetchall() == [(1,)]
+    assert run_check(data_dir).returncode == 0
+
+
+def test_check_refuses_a_directory_a_server_is_using(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    server = server_on(data_dir, tmp_path)
+    try:
+        out = run_check(data_dir)
+        assert out.returncode == 1 and "in use by another duralog" in out.stdout
+    finally:
+        server.stop()
     assert run_check(data_dir).returncode == 0

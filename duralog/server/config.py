@@ -29,6 +29,13 @@ class Config:
     #: Retention for streams created without Stream-Retention-* headers; 0: keep all.
     retention_bytes: int = 0
     retention_seconds: int = 0
+    access_log: bool = True  # one line per request on the duralog.access logger
+    metrics: bool = True  # request and store metrics (served at /metrics)
+    log_format: str = "text"  # text or json (one JSON object per line)
+    # Peers (IPs or CIDRs, comma separated, or *) whose X-Forwarded-Proto/-Host and
+    # Forwarded headers are believed when the server writes absolute URLs.
+    forwarded_allow_ips: str = ""
+    console: bool = True  # the web console at / (duralog/console)
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None, **overrides: object) -> Config:
@@ -61,6 +68,11 @@ class Config:
                 raise ValueError(f"{name.replace('_', '-')} must be at least 1 byte")
         if not (self.stream_prefix.startswith("/") and self.stream_prefix.endswith("/")):
             raise ValueError("stream prefix must start and end with '/'")
+        if self.log_format not in ("text", "json"):
+            raise ValueError(f"log format must be text or json, not {self.log_format!r}")
+        from .forwarded import parse_allowed
+
+        parse_allowed(self.forwarded_allow_ips)  # a bad entry fails at start, not per request
 
 
 def _convert(name: str, raw: str, default: object) -> object:

@@ -21,7 +21,7 @@ class StoreCollector(Collector):
     def collect(self) -> Iterator[CounterMetricFamily]:
         counters: dict[str, int] = getattr(self.store, "counters", {})
         errors = CounterMetricFamily(
-            "duralog_store_errors", "Stored data that could not be served: records that "
+            "duralog_store_integrity_errors", "Stored data that could not be served: records that "
             "failed their checksum, and pages that could not be read (500 answers).",
             labels=["kind"])
         errors.add_metric(["checksum"], counters.get("checksum_errors", 0))

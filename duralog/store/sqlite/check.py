@@ -22,7 +22,8 @@ checksum, a gap in a stream, a missing fork source or a damaged page cannot be
 repaired without inventing bytes: they are reported, and the server answers
 500 (never wrong bytes) for reads that reach them.
 
-Run it while no server uses the directory.
+It takes the data directory's lock (store/lock.py), so it refuses to run
+while a server uses the directory.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from pathlib import Path
 from ...protocol.offsets import format_offset
 from ...protocol.state import StreamState
 from .. import registry as reg
+from ..lock import DataDirInUse, DirLock
 from .batch import HEAD, MORE, record_rows
 from .schema import DB_NAME, FORMAT_VERSION, record_checksum, state_from_row
 
@@ -86,6 +88,20 @@ def check(data_dir: str | Path, repair: bool = False) -> Report:
     if path.stat().st_size == 0:
         report.add("file", f"{path} is empty (0 bytes): the server refuses it", False)
         return report
+    lock = DirLock(path.parent)
+    try:
+        lock.acquire()  # a running server would change the file under the check
+    except DataDirInUse as exc:
+        report.add("file", f"{exc}: stop it before checking", False)
+        return report
+    try:
+        _check_file(path, report, repair)
+    finally:
+        lock.release()
+    return report
+
+
+def _check_file(path: Path, report: Report, repair: bool) -> None:
     con = sqlite3.connect(path, isolation_level=None)
     try:
         try:
@@ -95,15 +111,14 @@ def check(data_dir: str | Path, repair: bool = False) -> Report:
                 if "meta" in tables else None
         except sqlite3.DatabaseError as exc:
             report.add("file", f"{path} cannot be opened as a database: {exc}", False)
-            return report
+            return
         if fmt != FORMAT_VERSION:
             report.add("file", f"{path} has storage format {fmt!r}, expected "
                                f"{FORMAT_VERSION!r} (a server start migrates format 1)", False)
-            return report
+            return
         _Checker(con, report, repair).run()
     finally:
         con.close()
-    return report
 
 
 class _Checker:

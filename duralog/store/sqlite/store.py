@@ -16,6 +16,7 @@ import sqlite3
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from ...protocol.errors import ProtocolError
 from ...protocol.offsets import format_offset
 from ...protocol.state import AppendDecision, AppendRequest, CreateRequest, StreamState
 from ..base import Store, scan_records
+from ..lock import DirLock
 from .batch import HEAD, MORE
 from .schema import DB_NAME, configure, load, open_database, record_checksum
 from .writer import ACCESS, APPEND, CREATE, DELETE, EXPIRE, PRODUCERS, STOP, TRIM, Writer
@@ -98,6 +100,11 @@ class SQLiteStore(Writer, Store):
         self._open = False
         self._gc_pending = False
         self._gc_retry_at = 0.0
+        # One owner per data directory (store/lock.py).
+        self._dir_lock = DirLock(self.data_dir)
+        # Called on the writer thread after each commit with (seconds, operations);
+        # the server's metrics hook in here (server/observe.py).
+        self.commit_observer: Callable[[float, int], None] | None = None
         self.counters = {"batches": 0, "ops": 0, "commits": 0, "checksum_errors": 0,
                          "read_errors": 0, "producers_dropped": 0,
                          "streams_reclaimed": 0}
@@ -107,11 +114,16 @@ class SQLiteStore(Writer, Store):
         if self._open:
             return
         self._loop = asyncio.get_running_loop()
+        self._dir_lock.acquire()
         try:
             self._con = await asyncio.to_thread(self._open_and_load)
         except sqlite3.Error as exc:
+            self._dir_lock.release()
             # Opening may have to replay the WAL, which needs room on a full disk.
             raise RuntimeError(f"cannot open {self.path}: {exc}") from exc
+        except BaseException:
+            self._dir_lock.release()
+            raise
         self._pool = ThreadPoolExecutor(READER_THREADS, thread_name_prefix="duralog-read")
         self._open = True
         self._writer = threading.Thread(target=self._run_writer, name="duralog-writer",
@@ -149,6 +161,7 @@ class SQLiteStore(Writer, Store):
                 self._con.close()
             self._con = None
         log.info("sqlite writer: %s", self.counters)
+        self._dir_lock.release()
         await super().stop()
 
     def _connect(self) -> sqlite3.Connection:

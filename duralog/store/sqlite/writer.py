@@ -17,6 +17,7 @@ import sqlite3
 import threading
 import time
 from collections import ChainMap
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -73,6 +74,7 @@ class Writer:
         data_dir: Path
         registry: str | None
         counters: dict[str, int]
+        commit_observer: Callable[[float, int], None] | None
         _writer: threading.Thread | None
 
         def _publish(self, *args: Any) -> None: ...
@@ -257,6 +259,7 @@ class Writer:
         states = batch.states
         if not (states or dropped or batch.access) and batch.next_id == self._next_id:
             return  # nothing to write (refusals, duplicates): nothing to wait for
+        started = time.perf_counter()
         con.execute("BEGIN IMMEDIATE")
         records = batch.records
         if dropped and records:
@@ -295,6 +298,8 @@ class Writer:
             con.execute("UPDATE meta SET value = ? WHERE key = 'next_id'", (str(batch.next_id),))
         con.execute("COMMIT")
         self.counters["commits"] += 1
+        if self.commit_observer is not None:
+            self.commit_observer(time.perf_counter() - started, len(batch.results))
 
     def _rollback(self) -> None:
         con = self._con
