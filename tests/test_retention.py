@@ -223,3 +223,4 @@ def test_retention_by_age_and_forks_across_a_trimmed_range(tmp_path: Path) -> No
         assert r.status_code == 410 and r.headers["stream-earliest-offset"] == fork_at
     finally:
         server.stop()
+

@@ -132,6 +132,8 @@ class LiveReads:
                 if current is None:
                     break  # deleted: end the stream; a reconnect gets 404
                 state = current
+                if pos < state.start:
+                    break  # retention dropped what this reader had not read: a reconnect gets 410
                 if pos < state.tail:
                     before = pos
                     data_event, pos = await self._sse_data(state, pos, encoding, decoder)
