@@ -224,3 +224,27 @@ def test_retention_by_age_and_forks_across_a_trimmed_range(tmp_path: Path) -> No
     finally:
         server.stop()
 
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+def test_a_reader_holding_an_old_snapshot_gets_410_not_a_skip(kind: str, tmp_path: Path
+                                                             ) -> None:
+    """Live readers keep the state they started with; once retention moves the start
+    past their position, the next read answers 410 instead of skipping data."""
+    async def main() -> None:
+        store: Store = MemoryStore() if kind == "memory" else SQLiteStore(tmp_path / "d")
+        await store.start()
+        try:
+            await store.create("s", CreateRequest(content_type=TEXT, retention_bytes=4), None)
+            await store.append("s", AppendRequest(payload=b"aaaa", content_type=TEXT))
+            snapshot = store.get("s")
+            assert snapshot is not None and snapshot.start == 0
+            await store.append("s", AppendRequest(payload=b"bbbb", content_type=TEXT))
+            with pytest.raises(ProtocolError) as info:
+                await store.read(snapshot, 0, 100)
+            assert info.value.status == 410
+            assert info.value.headers["stream-earliest-offset"] == format_offset(4)
+        finally:
+            await store.stop()
+
+    asyncio.run(main())
