@@ -210,10 +210,6 @@ class StreamOps:
             headers.append((b"stream-expires-at", state.expires_at.encode()))
         if state.closed:
             headers.append((b"stream-closed", b"true"))
-        if state.forked_from is not None:
-            # Not required by 5.5; lets tools (the console, `duralog info`) show a fork's source.
-            source = self.config.stream_prefix + state.forked_from  # a path, as in 4.2
-            headers.append((b"stream-forked-from", source.encode()))
         if state.retention_bytes is not None:
             headers.append((RETENTION_BYTES.encode(), str(state.retention_bytes).encode()))
         if state.retention_seconds is not None:

@@ -20,19 +20,27 @@ import orjson
 
 from ..protocol.jsonmode import fragment, fragment_messages
 from ..protocol.state import StreamState
+from ..state import events
 
 REGISTRY = "__registry__"
 REGISTRY_CONTENT_TYPE = "application/json"
 
 
 def change_event(operation: str, state: StreamState) -> dict[str, Any]:
-    """The State Protocol change event for ``operation`` ("insert" or "delete")."""
-    event: dict[str, Any] = {"type": "stream", "key": state.path,
-                             "headers": {"operation": operation}}
-    if operation == "insert":
-        event["value"] = {"path": state.path, "contentType": state.content_type,
-                          "createdAt": int(state.created_at * 1000)}
-    return event
+    """The State Protocol change event for ``operation`` ("insert" or "delete").
+
+    Built with duralog.state's event types, so every registry event is a valid
+    STATE-PROTOCOL.md change event. A fork's insert also names its source
+    (``forkedFrom``, the source's path), which HEAD does not echo (4.2) and tools
+    such as the console show.
+    """
+    if operation != "insert":
+        return events.delete("stream", state.path).to_json()
+    value: dict[str, Any] = {"path": state.path, "contentType": state.content_type,
+                             "createdAt": int(state.created_at * 1000)}
+    if state.forked_from is not None:
+        value["forkedFrom"] = state.forked_from
+    return events.insert("stream", state.path, value).to_json()
 
 
 def encode_events(events: Iterable[dict[str, Any]]) -> bytes:
@@ -77,7 +85,7 @@ def missing_events(live: dict[str, dict[str, Any]], streams: Iterable[StreamStat
     whose stream is gone gets a delete; a stream the registry lacks (or lists
     with another creation time: it was deleted and created again) gets an insert.
     """
-    events: list[dict[str, Any]] = []
+    missing: list[dict[str, Any]] = []
     present: set[str] = set()
     for state in sorted(streams, key=lambda s: (s.created_at, s.id)):
         if state.path == registry:
@@ -88,9 +96,9 @@ def missing_events(live: dict[str, dict[str, Any]], streams: Iterable[StreamStat
         if entry == want["value"]:
             continue
         if entry is not None:
-            events.append(change_event("delete", state))
-        events.append(want)
+            missing.append(change_event("delete", state))
+        missing.append(want)
     for path in live:
         if path not in present and path != registry:
-            events.append({"type": "stream", "key": path, "headers": {"operation": "delete"}})
-    return events
+            missing.append(events.delete("stream", path).to_json())
+    return missing
