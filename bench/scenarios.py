@@ -348,6 +348,10 @@ SCENARIOS: dict[str, Callable[[Target, Config, int], list[Sample]]] = {
     "state": _state.state,
 }
 
+# The proxy scenario lives in its own module (it needs an upstream of its own).
+from .proxy import proxy  # noqa: E402
+
+SCENARIOS["proxy"] = proxy
 
 def _yjs(t: Target, cfg: Config, rnd: int) -> list[Sample]:
     from .yjs import yjs  # pycrdt and the Yjs client load only for this scenario
