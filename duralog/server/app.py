@@ -47,6 +47,7 @@ from .http import (
 )
 from .live import LiveReads
 from .streams import REGISTRY, StreamOps, name_is_registry
+from .subscriptions import SubscriptionsApp
 
 log = logging.getLogger("duralog")
 
@@ -73,7 +74,7 @@ MOUNTS: list[tuple[str, Callable[[ServerContext], SubApp]]] = [
     ("/healthz", HealthApp),
     ("/readyz", ReadyApp),
     ("/metrics", MetricsApp),
-    # ("{streams}/__ds", SubscriptionsApp),  # subscriptions issue
+    ("{streams}/__ds", SubscriptionsApp),  # PROTOCOL.md 6-7 (server/subscriptions/)
     # ("/v1/proxy", ProxyApp),               # proxy issue
     # ("/v1/yjs", YjsApp),                   # yjs issue
     # ("/", ConsoleApp),                     # console issue (only paths nothing else serves)

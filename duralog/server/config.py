@@ -23,6 +23,13 @@ class Config:
     compression: bool = True
     sweep_interval: float = 5.0  # seconds between background sweeps of expired streams
     registry: bool = True
+    # Subscriptions (PROTOCOL.md 6-7): webhook allowlist globs (comma-separated, 12.8),
+    # per-attempt timeout, retry backoff bounds and concurrent attempts per endpoint.
+    webhook_allow: str = ""
+    webhook_timeout: float = 30.0
+    webhook_retry_base: float = 1.0
+    webhook_retry_max: float = 60.0
+    webhook_concurrency: int = 4
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None, **overrides: object) -> Config:
@@ -44,10 +51,11 @@ class Config:
             raise ValueError(f"port must be 0-65535, not {self.port}")
         if self.backend not in ("memory", "sqlite"):
             raise ValueError(f"backend must be memory or sqlite, not {self.backend!r}")
-        for name in ("long_poll_timeout", "sse_max_duration", "sweep_interval"):
+        for name in ("long_poll_timeout", "sse_max_duration", "sweep_interval",
+                     "webhook_timeout", "webhook_retry_base", "webhook_retry_max"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name.replace('_', '-')} must be positive")
-        for name in ("chunk_size", "max_body_size"):
+        for name in ("chunk_size", "max_body_size", "webhook_concurrency"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name.replace('_', '-')} must be at least 1 byte")
         if not (self.stream_prefix.startswith("/") and self.stream_prefix.endswith("/")):
