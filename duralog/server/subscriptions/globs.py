@@ -130,3 +130,49 @@ class GlobIndex:
                 break
             node = node.children.get(segs[depth])
             depth += 1
+
+
+class PathTrie:
+    """Stream paths by segment, so a pattern's backfill (6.2) visits only the streams
+    under its literal prefix instead of every stream the store holds."""
+
+    __slots__ = ("_root",)
+
+    def __init__(self) -> None:
+        self._root: dict[str, dict] = {}
+
+    def add(self, path: str) -> None:
+        node = self._root
+        for seg in split_path(path):
+            node = node.setdefault(seg, {})
+        node[""] = {}  # "" marks the end of a path (no segment is empty)
+
+    def remove(self, path: str) -> None:
+        segs = split_path(path)
+        trail = [self._root]
+        for seg in segs:
+            nxt = trail[-1].get(seg)
+            if nxt is None:
+                return
+            trail.append(nxt)
+        trail[-1].pop("", None)
+        for depth in range(len(segs), 0, -1):
+            if trail[depth]:
+                break
+            del trail[depth - 1][segs[depth - 1]]
+
+    def under(self, prefix: list[str]) -> Iterator[str]:
+        node = self._root
+        for seg in prefix:
+            nxt = node.get(seg)
+            if nxt is None:
+                return
+            node = nxt
+        stack: list[tuple[dict, list[str]]] = [(node, list(prefix))]
+        while stack:
+            node, segs = stack.pop()
+            for seg, child in node.items():
+                if seg == "":
+                    yield "/".join(segs)
+                else:
+                    stack.append((child, [*segs, seg]))

@@ -30,7 +30,7 @@ from ...protocol.offsets import ZERO, format_offset, parse_offset
 from ...protocol.state import AppendRequest
 from ..context import ServerContext
 from .delivery import Delivery
-from .globs import GlobIndex, glob_match, split_path
+from .globs import GlobIndex, PathTrie, glob_match, literal_prefix, split_path
 from .journal import Journal
 from .metrics import SubscriptionMetrics
 from .model import (
@@ -60,7 +60,8 @@ class Manager:
         self.subs: dict[str, Subscription] = {}
         self.index = GlobIndex()
         self.by_path: dict[str, set[str]] = {}  # stream path -> ids of subscriptions linking it
-        self.ids: dict[int, str] = {}  # stream id -> path, for linked streams (deletes)
+        self.ids: dict[int, str] = {}  # stream id -> path of every stream seen (deletes)
+        self.paths = PathTrie()  # every application stream, for backfill by prefix
         self.keys = Keyring()
         self.journal = Journal(self.store, self.log, self.snapshot)
         self.metrics = SubscriptionMetrics(ctx.metrics, self)
@@ -178,9 +179,6 @@ class Manager:
             return
         sub.links[link.path] = link
         self.by_path.setdefault(link.path, set()).add(sub.id)
-        state = self.store.get(link.path)
-        if state is not None:
-            self.ids[state.id] = link.path
 
     def _unlink(self, sub: Subscription, path: str) -> None:
         if sub.links.pop(path, None) is not None:
@@ -221,11 +219,15 @@ class Manager:
         if state is None or state.soft_deleted:
             path = self.ids.pop(stream_id, None)
             if path is not None and self.store.get(path) is None:
+                self.paths.remove(path)
                 self._stream_gone(path)
             return
         path = state.path
-        if path.split("/", 1)[0] == RESERVED:
-            return
+        if stream_id not in self.ids:
+            if path.split("/", 1)[0] == RESERVED:
+                return
+            self.ids[stream_id] = path
+            self.paths.add(path)
         for sub_id in self.index.matches(path):
             sub = self.subs[sub_id]
             link = sub.links.get(path)
@@ -242,7 +244,6 @@ class Manager:
         holders = self.by_path.get(path)
         if not holders:
             return
-        self.ids[stream_id] = path
         for sub_id in list(holders):
             self.link_checks += 1
             sub = self.subs[sub_id]
@@ -372,6 +373,8 @@ class Manager:
             path = state.path
             if path.split("/", 1)[0] == RESERVED:
                 continue
+            self.ids[state.id] = path
+            self.paths.add(path)
             for sub_id in self.index.matches(path):
                 sub = self.subs[sub_id]
                 if path not in sub.links and self._glob_candidate(sub, path):
@@ -423,14 +426,15 @@ class Manager:
             self._set_link(sub, Link(path, explicit=True, acked=format_offset(self.tail(path))))
         if config.pattern:
             pattern = split_path(config.pattern)
-            for state in self.store.list_states():
-                path = state.path
-                if path.split("/", 1)[0] == RESERVED or not self._glob_candidate(sub, path):
+            for path in list(self.paths.under(literal_prefix(pattern))):
+                if not self._glob_candidate(sub, path) or not glob_match(pattern,
+                                                                         split_path(path)):
                     continue
                 if path in sub.links:
                     sub.links[path].glob = True
-                elif glob_match(pattern, split_path(path)):
-                    self._set_link(sub, Link(path, glob=True, acked=format_offset(state.tail)))
+                else:
+                    self._set_link(sub, Link(path, glob=True,
+                                             acked=format_offset(self.tail(path))))
         self.journal.post({"e": "head", **sub.head_record()})
         await self.journal.write({"e": "links", "id": sub.id, "links": sub.links_record()})
         return sub, True
