@@ -30,6 +30,7 @@ class Config:
     webhook_retry_base: float = 1.0
     webhook_retry_max: float = 60.0
     webhook_concurrency: int = 4
+    subscription_compact_every: int = 20_000  # journal events between snapshots
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None, **overrides: object) -> Config:
@@ -55,7 +56,8 @@ class Config:
                      "webhook_timeout", "webhook_retry_base", "webhook_retry_max"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name.replace('_', '-')} must be positive")
-        for name in ("chunk_size", "max_body_size", "webhook_concurrency"):
+        for name in ("chunk_size", "max_body_size", "webhook_concurrency",
+                     "subscription_compact_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name.replace('_', '-')} must be at least 1 byte")
         if not (self.stream_prefix.startswith("/") and self.stream_prefix.endswith("/")):

@@ -35,6 +35,7 @@ class SubscriptionsApp:
             retry_max=getattr(c, "webhook_retry_max", 60.0),
             attempt_timeout=getattr(c, "webhook_timeout", 30.0),
             endpoint_concurrency=getattr(c, "webhook_concurrency", 4))
+        self.manager.journal.compact_every = getattr(c, "subscription_compact_every", 20_000)
         self.routes = Routes(self.manager, Responses(c.cors_origin))
 
     async def startup(self) -> None:

@@ -12,7 +12,8 @@ appends everything queued as one record, then resolves the callers' futures,
 so an answered ack is durable (the append returned) at the cost of one store
 append per batch, not per event.
 
-Compaction: after ``compact_every`` events the writer takes a snapshot of the
+Compaction: after ``compact_every`` events (and once the log is longer than
+the snapshot it started from) the writer takes a snapshot of the
 whole state, creates ``__ds/state-<n+1>`` with it as its initial content (one
 atomic create), switches to it and deletes the old stream. At start-up the
 highest-numbered journal wins and older ones (an interrupted compaction) are
@@ -50,7 +51,8 @@ class Journal:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
-        self._since_snapshot = 0
+        self._since_snapshot = 0  # events in the current journal
+        self._snapshot_size = 0  # of which the snapshot it started with
         self.compactions = 0
 
     # -- start-up ------------------------------------------------------------------
@@ -116,7 +118,10 @@ class Journal:
             batch, self._queue = self._queue, []
             if batch:
                 await self._append(batch)
-            if self._since_snapshot >= self.compact_every:
+            # At least compact_every new events, and the log at least as long again
+            # as its snapshot, so a large state is not rewritten after every batch.
+            grown = self._since_snapshot - self._snapshot_size
+            if grown >= max(self.compact_every, self._snapshot_size):
                 try:
                     await self.compact()
                 except Exception:  # pragma: no cover - logged; the old journal stays
@@ -147,7 +152,7 @@ class Journal:
         payload = b",".join(orjson.dumps(e) for e in events) or None
         await self.store.create(new, CreateRequest(content_type=JSON), payload)
         old, self.path = self.path, new
-        self._since_snapshot = len(events)
+        self._since_snapshot = self._snapshot_size = len(events)
         self.compactions += 1
         with contextlib.suppress(ProtocolError):
             await self.store.delete(old)
