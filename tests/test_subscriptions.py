@@ -371,3 +371,30 @@ def test_key_rotation_keeps_the_old_key_published(tmp_path: Path, receiver: Rece
         assert api.sub("rot").json()["webhook"]["signing"]["kid"] == rotated["kid"]
     finally:
         server.stop()
+
+
+def test_cli_keys_and_webhook_allowlist(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    server = duralog_server("memory", log_path=tmp_path / "server.log",
+                            extra=["--webhook-allow", "*.example.com",
+                                   "--webhook-allow", "http://127.0.0.1:*/ok/*"]).start()
+    try:
+        api = Api(server)
+        cmd = [sys.executable, "-m", "duralog", "keys"]
+        listed = subprocess.run([*cmd, "list", "--url", server.url], capture_output=True,
+                                text=True, timeout=60)
+        assert listed.returncode == 0 and listed.stdout.count('"kid"') == 1
+        rotated = subprocess.run([*cmd, "rotate", "--url", server.url], capture_output=True,
+                                 text=True, timeout=60)
+        assert rotated.returncode == 0 and rotated.stdout.startswith("active key: ds_")
+        assert len(api.c.get(f"{server.url}/v1/stream/__ds/jwks.json").json()["keys"]) == 2
+        refused = api.sub("al", "PUT", {"type": "webhook", "streams": ["a"],
+                                        "webhook": {"url": "http://127.0.0.1:9/hook"}})
+        assert refused.json()["error"]["code"] == "WEBHOOK_URL_REJECTED"
+        assert api.sub("al", "PUT", {"type": "webhook", "streams": ["a"],
+                                     "webhook": {"url": "http://127.0.0.1:9/ok/x"}}
+                       ).status_code == 201
+    finally:
+        server.stop()

@@ -28,6 +28,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--max-body-size", type=parse_size, metavar="BYTES",
                    help="largest append accepted, larger gets 413 (default 64MiB; "
                         "DURALOG_MAX_BODY_SIZE)")
+    p.add_argument("--webhook-allow", action="append", metavar="GLOB",
+                   help="allow webhook URLs only to hosts (or URLs) matching GLOB; "
+                        "repeatable (DURALOG_WEBHOOK_ALLOW, comma-separated)")
+    p.add_argument("--webhook-timeout", type=float, metavar="SECONDS",
+                   help="per-attempt webhook timeout (default 30; DURALOG_WEBHOOK_TIMEOUT)")
+    p.add_argument("--webhook-retry-max", type=float, metavar="SECONDS",
+                   help="longest delay between webhook retries (default 60; "
+                        "DURALOG_WEBHOOK_RETRY_MAX)")
     p.add_argument("--log-level", default="warning",
                    choices=["critical", "error", "warning", "info", "debug"])
     p.set_defaults(run=run)
@@ -42,7 +50,9 @@ def run(args: argparse.Namespace) -> int:
         config = Config.from_env(
             host=args.host, port=args.port, backend=args.backend, data_dir=args.data_dir,
             long_poll_timeout=args.long_poll_timeout, chunk_size=args.chunk_size,
-            max_body_size=args.max_body_size)
+            max_body_size=args.max_body_size,
+            webhook_allow=",".join(args.webhook_allow) if args.webhook_allow else None,
+            webhook_timeout=args.webhook_timeout, webhook_retry_max=args.webhook_retry_max)
     except ValueError as err:
         print(f"duralog serve: {err}", file=sys.stderr)
         return 2
