@@ -179,3 +179,33 @@ def test_receiver_follows_a_key_rotation(memory_server: ServerProcess) -> None:
         append(server, f"{uid}/r", {"n": 2})
         wait_until(lambda: len(wakes) >= 2, what="a wake signed with the new key")
     subs.delete(f"rk-{uid}")
+
+
+def test_docs_examples_run(tmp_path: Any) -> None:
+    """docs/subscriptions.md: every example runs as written (on a fresh server)."""
+    import re
+    import subprocess
+    import sys
+
+    from .servers import ROOT, duralog_server, free_port
+
+    doc = (ROOT / "docs/subscriptions.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", doc, re.S)
+    assert len(blocks) == 5
+    server = duralog_server("memory", log_path=tmp_path / "server.log").start()
+    try:
+        outputs = []
+        for block in blocks:
+            code = block.replace("http://127.0.0.1:4437", server.url)
+            code = code.replace("8000", str(free_port()))
+            result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                                    text=True, timeout=120)
+            assert result.returncode == 0, f"{block}\n{result.stderr}"
+            outputs.append(result.stdout)
+    finally:
+        server.stop()
+    assert "('orders/1', 'glob')" in outputs[0] and "('audit/log', 'explicit')" in outputs[0]
+    assert outputs[1].splitlines() == ["chat/42 hello", "chat/42 again"]
+    assert outputs[2].strip() == "alerts/disk [{'level': 'high'}]"
+    assert outputs[3].strip() == "woken for ['signups/ada']"
+    assert outputs[4].strip() == "next wake: False"
