@@ -29,6 +29,7 @@ import orjson
 from ...protocol.offsets import ZERO, format_offset, parse_offset
 from ...protocol.state import AppendRequest
 from ..context import ServerContext
+from ..streams import REGISTRY
 from .delivery import Delivery
 from .globs import GlobIndex, PathTrie, glob_match, literal_prefix, split_path
 from .journal import Journal
@@ -41,6 +42,7 @@ from .model import (
     SubscriptionError,
     parse_acks,
 )
+from .recovery import Recovery
 from .signing import Keyring
 from .ssrf import UrlPolicy, UrlRejected
 
@@ -49,7 +51,7 @@ def _pos(offset: str) -> int:
     return -1 if offset == "-1" else parse_offset(offset)
 
 
-class Manager:
+class Manager(Recovery):
     def __init__(self, ctx: ServerContext, policy: UrlPolicy, *,
                  retry_base: float = 1.0, retry_max: float = 60.0,
                  attempt_timeout: float = 30.0, endpoint_concurrency: int = 4) -> None:
@@ -104,45 +106,6 @@ class Manager:
         task.add_done_callback(self._tasks.discard)
 
     # -- journal -------------------------------------------------------------------------
-    def _replay(self, e: dict[str, Any]) -> None:
-        kind = e.get("e")
-        if kind == "keys":
-            self.keys = Keyring.from_json(e)
-        elif kind == "head":
-            sub = self.subs.get(e["id"])
-            if sub is None or sub.config_hash != e["hash"] or sub.created_at != e["created_at"]:
-                self._drop(e["id"])
-                self._add(Subscription.from_head(e))
-            else:
-                sub.apply_head(e)
-        elif kind == "links":
-            sub = self.subs.get(e["id"])
-            if sub is not None:
-                for path, explicit, glob, acked in e["links"]:
-                    self._set_link(sub, Link(path, explicit, glob, acked))
-        elif kind == "unlink":
-            sub = self.subs.get(e["id"])
-            if sub is not None:
-                self._unlink(sub, e["path"])
-        elif kind == "acks":
-            sub = self.subs.get(e["id"])
-            if sub is not None:
-                for path, offset in e["acks"].items():
-                    link = sub.links.get(path)
-                    if link is not None:
-                        link.acked = offset
-        elif kind == "del":
-            self._drop(e["id"])
-
-    def snapshot(self) -> list[dict[str, Any]]:
-        """The whole state as events (compaction, journal.py)."""
-        events: list[dict[str, Any]] = [{"e": "keys", **self.keys.to_json()}]
-        for sub in self.subs.values():
-            events.append({"e": "head", **sub.head_record()})
-            if sub.links:
-                events.append({"e": "links", "id": sub.id, "links": sub.links_record()})
-        return events
-
     def _post_head(self, sub: Subscription) -> None:
         self.journal.post({"e": "head", **sub.head_record()})
 
@@ -211,10 +174,19 @@ class Manager:
         return out
 
     def _glob_candidate(self, sub: Subscription, path: str) -> bool:
-        return path != sub.config.wake_stream  # a subscription never wakes on its own wakes
+        # A subscription never wakes on its own wake events, and patterns leave out
+        # the server-written registry (it can still be linked explicitly).
+        return path != sub.config.wake_stream and path != REGISTRY
 
     def _on_change(self, stream_id: int) -> None:
         """Notifier observer: a stream was appended to, created, closed or deleted."""
+        try:
+            self._changed(stream_id)
+        except Exception:  # pragma: no cover - must never break the store's commit path
+            self.log.exception("subscriptions: handling a change of stream %d failed",
+                               stream_id)
+
+    def _changed(self, stream_id: int) -> None:
         state = self.store.state_by_id(stream_id)
         if state is None or state.soft_deleted:
             path = self.ids.pop(stream_id, None)
@@ -366,38 +338,6 @@ class Manager:
             self._clear_wake(sub)
             if not self._trigger_next(sub):
                 self._post_head(sub)
-
-    def _reconcile(self) -> None:
-        """After replay: links match the streams that exist, timers run, wakes resume."""
-        for state in self.store.list_states():
-            path = state.path
-            if path.split("/", 1)[0] == RESERVED:
-                continue
-            self.ids[state.id] = path
-            self.paths.add(path)
-            for sub_id in self.index.matches(path):
-                sub = self.subs[sub_id]
-                if path not in sub.links and self._glob_candidate(sub, path):
-                    # Created after the last journaled link: linked before its appends.
-                    self._set_link(sub, Link(path, glob=True, acked=ZERO))
-                    self.journal.post({"e": "links", "id": sub.id,
-                                       "links": sub.links_record([sub.links[path]])})
-        for sub in list(self.subs.values()):
-            for path in [p for p, ln in sub.links.items() if self.store.get(p) is None]:
-                link = sub.links[path]
-                if link.glob and not link.explicit:
-                    self._unlink(sub, path)
-                    self.journal.post({"e": "unlink", "id": sub.id, "path": path})
-            if sub.lease_until is not None:
-                self._arm_lease(sub)  # fires at once when it ran out while we were down
-            if sub.wake_id is not None:
-                if sub.config.type == "webhook":
-                    self.delivery.wake(sub)
-                elif sub.holder is None:
-                    # The wake event may not have reached the wake stream before a crash.
-                    self._spawn(self._write_wake_event(sub, next(iter(sub.snapshot), "")))
-            elif sub.holder is None and self.has_pending(sub):
-                self._trigger_next(sub)
 
     # -- the control API (6) -------------------------------------------------------------
     async def put(self, sub_id: str, config: SubscriptionConfig, base_url: str
