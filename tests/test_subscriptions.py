@@ -398,3 +398,33 @@ def test_cli_keys_and_webhook_allowlist(tmp_path: Path) -> None:
                        ).status_code == 201
     finally:
         server.stop()
+
+
+def test_webhook_lease_expiry_rewakes_and_deleted_streams_unlink(tmp_path: Path,
+                                                                 receiver: Receiver) -> None:
+    server = start("memory", tmp_path)
+    try:
+        api = Api(server)
+        # The receiver answers {} and never calls back: the lease runs out (7.3).
+        api.sub("lazy", "PUT", {"type": "webhook", "pattern": "lz/*",
+                                "webhook": {"url": receiver.url}, "lease_ttl_ms": 1000})
+        api.stream("lz/1", body={"n": 1})
+        reqs = receiver.wait_for(lambda reqs: len(reqs) >= 2)
+        assert reqs[1]["body"]["generation"] == reqs[0]["body"]["generation"] + 1
+        assert reqs[1]["body"]["wake_id"] != reqs[0]["body"]["wake_id"]
+        first = reqs[0]["body"]
+        stale = api.c.post(first["callback_url"], json={
+            "wake_id": first["wake_id"], "generation": first["generation"], "done": True},
+            headers={"authorization": f"Bearer {first['callback_token']}"})
+        assert stale.json()["error"]["code"] == "FENCED"
+        # A deleted stream leaves the glob's links; an explicit link stays, from zero.
+        api.sub("lazy", "POST", {"streams": ["lz/2"]}, "/streams")
+        api.stream("lz/2", body={"n": 1})
+        api.stream("lz/1", "DELETE")
+        api.stream("lz/2", "DELETE")
+        links = {s["path"]: s for s in api.sub("lazy").json()["streams"]}
+        assert "lz/1" not in links
+        assert links["lz/2"]["link_type"] == "explicit"
+        assert links["lz/2"]["acked_offset"] == "0000000000000000_0000000000000000"
+    finally:
+        server.stop()
