@@ -46,6 +46,8 @@ from .recovery import Recovery
 from .signing import Keyring
 from .ssrf import UrlPolicy, UrlRejected
 
+WAKE_STREAMS = 1000  # most idle streams listed with a wake
+
 
 def _pos(offset: str) -> int:
     return -1 if offset == "-1" else parse_offset(offset)
@@ -164,14 +166,19 @@ class Manager(Recovery):
     def has_pending(self, sub: Subscription) -> bool:
         return any(self.pending(sub, link) for link in sub.links.values())
 
-    def stream_infos(self, sub: Subscription) -> list[dict[str, Any]]:
-        out = []
+    def stream_infos(self, sub: Subscription, limit: int = WAKE_STREAMS
+                     ) -> list[dict[str, Any]]:
+        """7.1/7.2: the streams of a wake or claim. Every pending stream is listed; the
+        others only while the list stays within ``limit`` (a ``**`` subscription may
+        link 100,000 streams, and a wake must not carry them all)."""
+        pending, idle = [], []
         for link in sub.links.values():
             tail = self.tail(link.path)
-            out.append({"path": link.path, "link_type": link.link_type,
-                        "acked_offset": link.acked, "tail_offset": format_offset(tail),
-                        "has_pending": tail > _pos(link.acked)})
-        return out
+            has = tail > _pos(link.acked)
+            (pending if has else idle).append(
+                {"path": link.path, "link_type": link.link_type, "acked_offset": link.acked,
+                 "tail_offset": format_offset(tail), "has_pending": has})
+        return pending + idle[:max(0, limit - len(pending))]
 
     def _glob_candidate(self, sub: Subscription, path: str) -> bool:
         # A subscription never wakes on its own wake events, and patterns leave out
