@@ -59,6 +59,16 @@ def test_append_work_is_proportional_to_matching_subscriptions() -> None:
             await store.append("elsewhere/x", AppendRequest(payload=b"1",
                                                             content_type="application/json"))
             assert work() - before == 0
+            # A subscription over everything: a claim lists the pending stream first and
+            # stops at 1,000 streams instead of carrying all 100,001.
+            await subs.put("wide", parse_config({"type": "pull-wake", "pattern": "**",
+                                                 "wake_stream": "wake"}), "http://x")
+            assert len(subs.subs["wide"].links) == TENANTS * PER_TENANT + 1
+            await store.append("t9/s9", AppendRequest(payload=b"2",
+                                                      content_type="application/json"))
+            claim = await subs.claim("wide", "w")
+            assert len(claim["streams"]) == 1000
+            assert claim["streams"][0]["path"] == "t9/s9" and claim["streams"][0]["has_pending"]
         finally:
             await app.shutdown()
 

@@ -66,7 +66,8 @@ class Routes:
         except SubscriptionError as err:
             status, body, headers = err.status, err.body(), []
         except ProtocolError as err:
-            code = "PAYLOAD_TOO_LARGE" if err.status == 413 else "INVALID_REQUEST"
+            code = {413: "PAYLOAD_TOO_LARGE", 503: "UNAVAILABLE"}.get(err.status,
+                                                                     "INVALID_REQUEST")
             status, body, headers = err.status, {"error": {"code": code,
                                                            "message": err.reason}}, []
         if body is None:
