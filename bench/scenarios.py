@@ -395,7 +395,7 @@ def subscriptions(t: Target, cfg: Config, rnd: int) -> list[Sample]:
     wake = f"b{tag}wake"
     t0 = time.monotonic()
     failed = _concurrently([("PUT", f"{root}/{wake}", [])]
-                           + [("PUT", f"{root}/{p}", None) for p in paths])
+                           + [("PUT", f"{root}/{p}", []) for p in paths])
     setup_streams = time.monotonic() - t0
     out = []
     for n in (0, subs):
