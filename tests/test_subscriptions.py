@@ -180,8 +180,10 @@ def test_globs_membership_and_backfill(tmp_path: Path) -> None:
         assert links == {"a/b/y": "glob"}
         api.stream("a/new", body={"n": 1})  # discovered by its first append
         assert api.acked("deep")["a/new"] == "0000000000000000_0000000000000000"
-        assert api.c.post(f"{server.url}{SUBS}/deep/claim", json={"worker": "w"}).json()[
-            "streams"][-1]["has_pending"] is True
+        claimed = api.c.post(f"{server.url}{SUBS}/deep/claim", json={"worker": "w"}).json()
+        pending = {s["path"]: s["has_pending"] for s in claimed["streams"]}
+        assert pending == {"a/new": True, "a/x": False, "a/b/y": False, "a/b/c/z": False}
+        assert claimed["streams"][0]["path"] == "a/new"  # pending streams come first
     finally:
         server.stop()
 
