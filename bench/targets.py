@@ -35,6 +35,7 @@ class TargetSpec:
     kind: str  # "duralog" | "reference" | "url"
     mode: str  # "memory" | "durable"
     server: str  # "uvicorn" | "granian" | "node" | "external"
+    flags: tuple[str, ...] = ()  # extra `duralog serve` flags
 
 
 SPECS: dict[str, TargetSpec] = {s.name: s for s in [
@@ -44,6 +45,12 @@ SPECS: dict[str, TargetSpec] = {s.name: s for s in [
     TargetSpec("ref-datadir", "reference", "durable", "node"),
     TargetSpec("granian-memory", "duralog", "memory", "granian"),
     TargetSpec("granian-sqlite", "duralog", "durable", "granian"),
+    # The same servers without the access log and metrics layer (docs/benchmarks.md:
+    # what observability costs): compare with duralog-memory / duralog-sqlite.
+    TargetSpec("duralog-memory-bare", "duralog", "memory", "uvicorn",
+               ("--no-access-log", "--no-metrics")),
+    TargetSpec("duralog-sqlite-bare", "duralog", "durable", "uvicorn",
+               ("--no-access-log", "--no-metrics")),
 ]}
 DEFAULT_TARGETS = ["duralog-memory", "ref-memory", "duralog-sqlite", "ref-datadir"]
 
@@ -203,6 +210,10 @@ def start(name: str, log_dir: Path, long_poll_timeout: float = 30.0,
     data_dir = (tempfile.mkdtemp(prefix=f"bench-{name.partition('@')[0]}-")
                 if spec.mode == "durable" else None)
     env = {**os.environ, **(extra_env or {})}
+    if spec.kind == "duralog":
+        # The proxy scenario's upstream runs on this machine (bench/proxy.py).
+        env.setdefault("DURALOG_PROXY", "1")
+        env.setdefault("DURALOG_PROXY_ALLOW", "http://127.0.0.1:*/**")
     if tree != ROOT:
         env["PYTHONPATH"] = str(tree)
     if spec.server == "uvicorn":
@@ -211,6 +222,7 @@ def start(name: str, log_dir: Path, long_poll_timeout: float = 30.0,
                 "--long-poll-timeout", str(long_poll_timeout)]
         if data_dir:
             args += ["--data-dir", data_dir]
+        args += list(spec.flags)
     elif spec.server == "granian":
         env["DURALOG_BACKEND"] = "memory" if spec.mode == "memory" else "sqlite"
         env["DURALOG_LONG_POLL_TIMEOUT"] = str(long_poll_timeout)

@@ -30,13 +30,15 @@ from prometheus_client import CollectorRegistry
 
 from ..protocol.errors import ProtocolError
 from ..protocol.paths import stream_name
-from ..protocol.state import CreateRequest, StreamState
+from ..proxy.mount import proxy_app
 from ..store import Store, open_store
 from .config import Config
+from .console import ConsoleApp
 from .context import ServerContext
 from .health import HealthApp, MetricsApp, ReadyApp
 from .http import (
     METHODS,
+    ASGIApp,
     Disconnected,
     Receive,
     Request,
@@ -46,6 +48,8 @@ from .http import (
     relative_path,
 )
 from .live import LiveReads
+from .observe import ObserveLayer, ServerMetrics
+from .store_metrics import StoreCollector
 from .streams import REGISTRY, StreamOps, name_is_registry
 from .subscriptions import SubscriptionsApp
 
@@ -66,18 +70,21 @@ class SubApp(Protocol):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None: ...
 
 
-# The mount table: path prefix (relative to the app's root) -> sub-app factory.
-# ``{streams}`` stands for config.stream_prefix without its final slash. These
-# paths are outside the stream root (or in its reserved __ds segment, PROTOCOL.md 6),
-# so they never collide with a stream name.
-MOUNTS: list[tuple[str, Callable[[ServerContext], SubApp]]] = [
-    ("/healthz", HealthApp),
-    ("/readyz", ReadyApp),
-    ("/metrics", MetricsApp),
-    ("{streams}/__ds", SubscriptionsApp),  # PROTOCOL.md 6-7 (server/subscriptions/)
-    # ("/v1/proxy", ProxyApp),               # proxy issue
+# The mount table: path prefix (relative to the app's root), sub-app factory, and
+# whether the configuration turns it on. ``{streams}`` stands for
+# config.stream_prefix without its final slash. These paths are outside the
+# stream root (or in its reserved __ds segment, PROTOCOL.md 6), so they never
+# collide with a stream name.
+MOUNTS: list[tuple[str, Callable[[ServerContext], SubApp], Callable[[Config], bool]]] = [
+    ("/healthz", HealthApp, lambda config: True),
+    ("/readyz", ReadyApp, lambda config: True),
+    ("/metrics", MetricsApp, lambda config: True),
+    ("{streams}/__ds", SubscriptionsApp, lambda config: True),  # PROTOCOL.md 6-7
+    # PROXY-PROTOCOL.md; mounted always, answering 404 unless enabled (--proxy).
+    ("/v1/proxy", proxy_app, lambda config: True),
     # ("/v1/yjs", YjsApp),                   # yjs issue
-    # ("/", ConsoleApp),                     # console issue (only paths nothing else serves)
+    # The web console: only paths nothing else serves.
+    ("/", ConsoleApp, lambda config: config.console),
 ]
 
 
@@ -87,19 +94,30 @@ class DuralogApp:
     def __init__(self, config: Config | None = None, store: Store | None = None) -> None:
         self.config = config or Config.from_env()
         self.store = store or open_store(self.config.backend, self.config.data_dir)
+        # The store writes each registry event in the commit of the change it records.
+        self.store.registry = REGISTRY if self.config.registry else None
+        self.store.producer_ttl = self.config.producer_ttl
         self.ctx = ServerContext(self.config, self.store, CollectorRegistry(auto_describe=True),
                                  log)
+        self.ctx.metrics.register(StoreCollector(self.store))
         self._started = False
         self._start_lock = asyncio.Lock()
         self._sweeper: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
+        self.metrics = (ServerMetrics(self.ctx.metrics, self.store) if self.config.metrics
+                        else None)
         self.http = Responses(self.config.cors_origin)
-        self.streams = StreamOps(self.config, self.store, self.http)
-        self.live = LiveReads(self.config, self.store, self.http, self.streams)
+        self.streams = StreamOps(self.config, self.store, self.http, self.metrics)
+        self.live = LiveReads(self.config, self.store, self.http, self.streams, self.ctx.closing,
+                              self.metrics)
         self.streams.live = self.live
+        # Cross-cutting layers wrap the composed app once, outermost last.
+        self._entry: ASGIApp = self._http
+        if self.config.access_log or self.metrics is not None:
+            self._entry = ObserveLayer(self._entry, self.metrics, self.config.access_log)
         root = self.config.stream_prefix.rstrip("/")
         mounts = [(prefix.replace("{streams}", root), factory(self.ctx))
-                  for prefix, factory in MOUNTS]
+                  for prefix, factory, enabled in MOUNTS if enabled(self.config)]
         # Longest prefix first, so a mount inside another (or inside the stream
         # root) wins; "/" (the console) only serves what nothing else does.
         self._mounts = sorted((m for m in mounts if m[0] != "/"), key=lambda m: -len(m[0]))
@@ -110,12 +128,8 @@ class DuralogApp:
         async with self._start_lock:
             if self._started:
                 return
-            await self.store.start()
-            self.store.removal_listeners.append(self._on_removed)
-            if self.config.registry and self.store.get(REGISTRY) is None:
-                await self.store.create(REGISTRY, CreateRequest(content_type="application/json"),
-                                        None)
-            self.live.closing.clear()
+            await self.store.start()  # creates (and repairs) the registry
+            self.ctx.closing.clear()
             for _, app in self._sub_apps():
                 await app.startup()
             self._sweeper = asyncio.create_task(self._sweep_loop())
@@ -125,7 +139,7 @@ class DuralogApp:
         if not self._started:
             return
         self._started = False
-        self.live.closing.set()
+        self.begin_shutdown()
         if self._sweeper is not None:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -133,6 +147,13 @@ class DuralogApp:
         for _, app in reversed(self._sub_apps()):
             await app.shutdown()
         await self.store.stop()
+
+    def begin_shutdown(self) -> None:
+        """Readiness turns 503 and every live reader gets its normal end now (live.py).
+
+        ``duralog serve`` calls this on SIGINT/SIGTERM before its server waits for
+        open responses to finish; ``shutdown`` calls it too."""
+        self.live.begin_shutdown()
 
     def _sub_apps(self) -> list[tuple[str, SubApp]]:
         apps = list(self._mounts)
@@ -157,7 +178,7 @@ class DuralogApp:
         if kind == "http":
             if not self._started:
                 await self.startup()
-            await self._http(scope, receive, send)
+            await self._entry(scope, receive, send)
         elif kind == "lifespan":
             await self._lifespan(receive, send)
 
@@ -182,6 +203,15 @@ class DuralogApp:
         except Disconnected:
             pass
         except ProtocolError as err:
+            if err.status >= 500:
+                # 503/507 come from the store: nothing was written (store/sqlite.py).
+                log.error("%s %s: %d %s", scope.get("method"), scope.get("path"), err.status,
+                          err.reason)
+                if self.metrics is not None and err.status in (503, 507):
+                    self.metrics.store_errors += 1
+            elif log.isEnabledFor(logging.DEBUG):
+                log.debug("refused %s %s: %d %s", scope.get("method"), scope.get("path"),
+                          err.status, err.reason)
             await self.http.error(send, err)
         except Exception:
             # A bug must still answer like the server: one line, security headers (12.7).
@@ -199,11 +229,11 @@ class DuralogApp:
         prefix = self.config.stream_prefix.encode()
         method = scope["method"]
         if not raw.startswith(prefix):
-            if self._fallback is not None:
-                await self._fallback(_child_scope(scope, ""), receive, send)
-                return
             if method == "OPTIONS":
                 await self.http.preflight(send)
+                return
+            if self._fallback is not None:
+                await self._fallback(_child_scope(scope, ""), receive, send)
                 return
             if raw in (b"/", b"") and method in ("GET", "HEAD"):
                 await self.http.respond(send, 200, [(b"content-type", b"application/json")],
@@ -235,15 +265,6 @@ class DuralogApp:
         else:
             raise ProtocolError(405, f"method {method} is not allowed on a stream",
                                 {"allow": METHODS.decode()})
-
-    # -- registry ----------------------------------------------------------------
-    def _on_removed(self, state: StreamState) -> None:
-        """A stream the store expired on its own is recorded like a DELETE."""
-        if self._started:
-            task = asyncio.get_running_loop().create_task(
-                self.streams.record_registry("delete", state))
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
 
 
 def _child_scope(scope: Scope, prefix: str) -> Scope:

@@ -23,6 +23,19 @@ class Config:
     compression: bool = True
     sweep_interval: float = 5.0  # seconds between background sweeps of expired streams
     registry: bool = True
+    #: PROTOCOL.md 5.2.1: producer state unused this long (seconds) is dropped, so a
+    #: retry older than this is no longer recognised as a duplicate.
+    producer_ttl: float = 7 * 86400.0
+    #: Retention for streams created without Stream-Retention-* headers; 0: keep all.
+    retention_bytes: int = 0
+    retention_seconds: int = 0
+    access_log: bool = True  # one line per request on the duralog.access logger
+    metrics: bool = True  # request and store metrics (served at /metrics)
+    log_format: str = "text"  # text or json (one JSON object per line)
+    # Peers (IPs or CIDRs, comma separated, or *) whose X-Forwarded-Proto/-Host and
+    # Forwarded headers are believed when the server writes absolute URLs.
+    forwarded_allow_ips: str = ""
+    console: bool = True  # the web console at / (duralog/console)
     # Subscriptions (PROTOCOL.md 6-7): webhook allowlist globs (comma-separated, 12.8),
     # per-attempt timeout, retry backoff bounds and concurrent attempts per endpoint.
     webhook_allow: str = ""
@@ -52,16 +65,24 @@ class Config:
             raise ValueError(f"port must be 0-65535, not {self.port}")
         if self.backend not in ("memory", "sqlite"):
             raise ValueError(f"backend must be memory or sqlite, not {self.backend!r}")
-        for name in ("long_poll_timeout", "sse_max_duration", "sweep_interval",
+        for name in ("long_poll_timeout", "sse_max_duration", "sweep_interval", "producer_ttl",
                      "webhook_timeout", "webhook_retry_base", "webhook_retry_max"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name.replace('_', '-')} must be positive")
+        for name in ("retention_bytes", "retention_seconds"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name.replace('_', '-')} must be 0 (keep all) or positive")
         for name in ("chunk_size", "max_body_size", "webhook_concurrency",
                      "subscription_compact_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name.replace('_', '-')} must be at least 1 byte")
         if not (self.stream_prefix.startswith("/") and self.stream_prefix.endswith("/")):
             raise ValueError("stream prefix must start and end with '/'")
+        if self.log_format not in ("text", "json"):
+            raise ValueError(f"log format must be text or json, not {self.log_format!r}")
+        from .forwarded import parse_allowed
+
+        parse_allowed(self.forwarded_allow_ips)  # a bad entry fails at start, not per request
 
 
 def _convert(name: str, raw: str, default: object) -> object:
@@ -72,6 +93,8 @@ def _convert(name: str, raw: str, default: object) -> object:
             if raw.lower() in ("0", "false", "no", "off"):
                 return False
             raise ValueError(raw)
+        if name == "port":
+            return int(raw)  # a port is a number, not a size: "4k" is a mistake
         if isinstance(default, int):
             return parse_size(raw)
         if isinstance(default, float):
