@@ -42,6 +42,10 @@ class Config:
     fanout_rounds: int = 1  # a fan-out run is long and already has N x appends deliveries
     state_events: int = 1_000_000  # bench/state.py
     state_rows: int = 100_000
+    subs_tenants: int = 1000  # x subs_per_tenant streams; subs_count / tenants match each
+    subs_per_tenant: int = 100
+    subs_count: int = 10_000
+    subs_appends: int = 1000
 
     @classmethod
     def for_run(cls, quick: bool) -> Config:
@@ -50,7 +54,8 @@ class Config:
         return cls(quick=True, rounds=1, wrk_duration=2.0, large_duration=2.0,
                    catchup_mib=64, catchup_reads=2, latency_count=300,
                    fanout_sizes=(1000,), fanout_appends=3, state_events=200_000,
-                   state_rows=20_000)
+                   state_rows=20_000, subs_tenants=100, subs_per_tenant=100, subs_count=1000,
+                   subs_appends=300)
 
 
 @dataclass
@@ -338,6 +343,85 @@ def fanout(t: Target, cfg: Config, rnd: int) -> list[Sample]:
     return out
 
 
+# -- 7. subscriptions ----------------------------------------------------------------------
+def _concurrently(requests: list[tuple[str, str, Any]], limit: int = 32) -> int:
+    """Send (method, url, json) requests, ``limit`` at a time; returns how many failed."""
+    import asyncio
+
+    import httpx
+
+    async def go() -> int:
+        failed = 0
+        sem = asyncio.Semaphore(limit)
+        async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(
+                max_connections=limit)) as client:
+            async def one(method: str, url: str, body: Any) -> None:
+                nonlocal failed
+                async with sem:
+                    r = await client.request(method, url, json=body)
+                    failed += r.status_code >= 300
+            for i in range(0, len(requests), 2000):
+                await asyncio.gather(*(one(*r) for r in requests[i:i + 2000]))
+        return failed
+
+    return asyncio.run(go())
+
+
+def _append_latencies(t: Target, paths: list[str], count: int) -> list[float]:
+    import random
+
+    import httpx
+
+    rng = random.Random(7)
+    out = []
+    body = b'{"payload":"' + b"x" * 80 + b'"}'
+    with httpx.Client(timeout=30, headers={"content-type": "application/json"}) as client:
+        for i in range(count + 50):
+            url = f"{t.base}/v1/stream/{rng.choice(paths)}"
+            t0 = time.perf_counter()
+            r = client.post(url, content=body)
+            elapsed = (time.perf_counter() - t0) * 1000
+            if r.status_code >= 300:
+                raise RuntimeError(f"append failed: {r.status_code} {r.text[:200]}")
+            if i >= 50:  # warm-up
+                out.append(elapsed)
+    return out
+
+
+def subscriptions(t: Target, cfg: Config, rnd: int) -> list[Sample]:
+    """Append latency to random streams among 100,000 with 0, then 10,000 pull-wake
+    subscriptions (10 per tenant prefix, so each append matches 10 of them)."""
+    t.restart()
+    tenants, per_tenant, subs = cfg.subs_tenants, cfg.subs_per_tenant, cfg.subs_count
+    tag = uuid.uuid4().hex[:6]
+    root = f"{t.base}/v1/stream"
+    paths = [f"b{tag}t{i}/s{k}" for i in range(tenants) for k in range(per_tenant)]
+    wake = f"b{tag}wake"
+    t0 = time.monotonic()
+    failed = _concurrently([("PUT", f"{root}/{wake}", [])]
+                           + [("PUT", f"{root}/{p}", []) for p in paths])
+    setup_streams = time.monotonic() - t0
+    out = []
+    for n in (0, subs):
+        if n:
+            t0 = time.monotonic()
+            failed += _concurrently([
+                ("PUT", f"{root}/__ds/subscriptions/b{tag}-{j}",
+                 {"type": "pull-wake", "pattern": f"b{tag}t{j % tenants}/*",
+                  "wake_stream": wake}) for j in range(n)])
+            setup_subs = time.monotonic() - t0
+        lat = sorted(_append_latencies(t, paths, cfg.subs_appends))
+        info = {"streams": len(paths), "subscriptions": n, "appends": len(lat),
+                "p90_ms": round(lat[int(len(lat) * 0.9)], 3),
+                "setup_streams_s": round(setup_streams, 1), "setup_failures": failed,
+                **({"setup_subscriptions_s": round(setup_subs, 1)} if n else {})}
+        out.append(Sample("subscriptions", f"append p50, {n} subscriptions", "ms", False,
+                          round(lat[len(lat) // 2], 3), info))
+        out.append(Sample("subscriptions", f"append p99, {n} subscriptions", "ms", False,
+                          round(lat[int(len(lat) * 0.99)], 3)))
+    return out
+
+
 SCENARIOS: dict[str, Callable[[Target, Config, int], list[Sample]]] = {
     "appends": small_appends,
     "batched": batched_json,
@@ -346,6 +430,7 @@ SCENARIOS: dict[str, Callable[[Target, Config, int], list[Sample]]] = {
     "latency": latency,
     "fanout": fanout,
     "state": _state.state,
+    "subscriptions": subscriptions,
 }
 
 # The proxy scenario lives in its own module (it needs an upstream of its own).

@@ -1,4 +1,4 @@
 import { runConformanceTests } from "@durable-streams/server-conformance-tests"
 const baseUrl = process.env.CONFORMANCE_TEST_URL
 if (!baseUrl) throw new Error("CONFORMANCE_TEST_URL is required")
-runConformanceTests({ baseUrl })
+runConformanceTests({ baseUrl, subscriptions: true })

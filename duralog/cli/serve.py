@@ -104,6 +104,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--proxy-secret", metavar="SECRET",
                    help="service secret for creating and managing proxy streams, as ?secret= "
                         "or a Bearer token (DURALOG_PROXY_SECRET)")
+    p.add_argument("--webhook-allow", action="append", metavar="GLOB",
+                   help="allow webhook URLs only to hosts (or URLs) matching GLOB; "
+                        "repeatable (DURALOG_WEBHOOK_ALLOW, comma-separated)")
+    p.add_argument("--webhook-timeout", type=float, metavar="SECONDS",
+                   help="per-attempt webhook timeout (default 30; DURALOG_WEBHOOK_TIMEOUT)")
+    p.add_argument("--webhook-retry-max", type=float, metavar="SECONDS",
+                   help="longest delay between webhook retries (default 60; "
+                        "DURALOG_WEBHOOK_RETRY_MAX)")
     p.set_defaults(run=run)
 
 
@@ -117,7 +125,9 @@ def run(args: argparse.Namespace) -> int:
             forwarded_allow_ips=args.forwarded_allow_ips, console=args.console,
             producer_ttl=args.producer_ttl, retention_bytes=args.retention_bytes,
             retention_seconds=args.retention_seconds, yjs=args.yjs,
-            yjs_compaction_bytes=args.yjs_compaction_bytes)
+            yjs_compaction_bytes=args.yjs_compaction_bytes,
+            webhook_allow=",".join(args.webhook_allow) if args.webhook_allow else None,
+            webhook_timeout=args.webhook_timeout, webhook_retry_max=args.webhook_retry_max)
     except ValueError as err:
         print(f"duralog serve: {err}", file=sys.stderr)
         return 2

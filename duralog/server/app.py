@@ -51,6 +51,7 @@ from .live import LiveReads
 from .observe import ObserveLayer, ServerMetrics
 from .store_metrics import StoreCollector
 from .streams import REGISTRY, StreamOps, name_is_registry
+from .subscriptions import SubscriptionsApp
 
 log = logging.getLogger("duralog")
 
@@ -84,7 +85,7 @@ MOUNTS: list[tuple[str, Callable[[ServerContext], SubApp], Callable[[Config], bo
     ("/healthz", HealthApp, lambda config: True),
     ("/readyz", ReadyApp, lambda config: True),
     ("/metrics", MetricsApp, lambda config: True),
-    # ("{streams}/__ds", SubscriptionsApp),  # subscriptions issue
+    ("{streams}/__ds", SubscriptionsApp, lambda config: True),  # PROTOCOL.md 6-7
     # PROXY-PROTOCOL.md; mounted always, answering 404 unless enabled (--proxy).
     ("/v1/proxy", proxy_app, lambda config: True),
     # YJS-PROTOCOL.md (--yjs, on by default; pycrdt loads only when mounted).

@@ -39,6 +39,14 @@ class Config:
     yjs: bool = True  # serve YJS-PROTOCOL.md at /v1/yjs
     yjs_compaction_bytes: int = 1 << 20  # YJS-PROTOCOL.md 8.1: updates since a snapshot
     yjs_awareness_ttl: int = 3600  # YJS-PROTOCOL.md 11: seconds presence streams outlive use
+    # Subscriptions (PROTOCOL.md 6-7): webhook allowlist globs (comma-separated, 12.8),
+    # per-attempt timeout, retry backoff bounds and concurrent attempts per endpoint.
+    webhook_allow: str = ""
+    webhook_timeout: float = 30.0
+    webhook_retry_base: float = 1.0
+    webhook_retry_max: float = 60.0
+    webhook_concurrency: int = 4
+    subscription_compact_every: int = 20_000  # journal events between snapshots
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None, **overrides: object) -> Config:
@@ -60,14 +68,15 @@ class Config:
             raise ValueError(f"port must be 0-65535, not {self.port}")
         if self.backend not in ("memory", "sqlite"):
             raise ValueError(f"backend must be memory or sqlite, not {self.backend!r}")
-        for name in ("long_poll_timeout", "sse_max_duration", "sweep_interval", "producer_ttl"):
+        for name in ("long_poll_timeout", "sse_max_duration", "sweep_interval", "producer_ttl",
+                     "webhook_timeout", "webhook_retry_base", "webhook_retry_max"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name.replace('_', '-')} must be positive")
         for name in ("retention_bytes", "retention_seconds"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name.replace('_', '-')} must be 0 (keep all) or positive")
         for name in ("chunk_size", "max_body_size", "yjs_compaction_bytes",
-                     "yjs_awareness_ttl"):
+                     "yjs_awareness_ttl", "webhook_concurrency", "subscription_compact_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name.replace('_', '-')} must be at least 1 byte")
         if not (self.stream_prefix.startswith("/") and self.stream_prefix.endswith("/")):

@@ -94,10 +94,14 @@ class Notifier:
     same tail then read the same stored records.
     """
 
-    __slots__ = ("_waiters",)
+    __slots__ = ("_waiters", "observers")
 
     def __init__(self) -> None:
         self._waiters: dict[int, _Waiters] = {}
+        #: Called with the stream id after every committed change (append, create,
+        #: close, delete), on the event loop; must be quick and must not raise.
+        #: Subscriptions (PROTOCOL.md 7) learn of appends this way on every backend.
+        self.observers: list[Callable[[int], None]] = []
 
     def future(self, stream_id: int) -> asyncio.Future[None]:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -111,6 +115,11 @@ class Notifier:
         return fut
 
     def changed(self, stream_id: int) -> None:
+        self._resolve(stream_id)
+        for observer in self.observers:
+            observer(stream_id)
+
+    def _resolve(self, stream_id: int) -> None:
         waiters = self._waiters.pop(stream_id, None)
         if waiters:
             for fut in waiters:
@@ -119,7 +128,7 @@ class Notifier:
 
     def wake_all(self) -> None:
         for stream_id in list(self._waiters):
-            self.changed(stream_id)
+            self._resolve(stream_id)
 
 
 class Store(ABC):
@@ -164,6 +173,10 @@ class Store(ABC):
         return self._by_path.get(path)
 
     def _state_by_id(self, stream_id: int) -> StreamState | None:
+        return self._by_id.get(stream_id)
+
+    def state_by_id(self, stream_id: int) -> StreamState | None:
+        """The committed state with this id (what a notifier observer is told), or None."""
         return self._by_id.get(stream_id)
 
     def all_states(self) -> list[StreamState]:
