@@ -45,3 +45,20 @@ def stream_name(raw: bytes) -> str:
         if segment in ("", ".", ".."):
             raise ProtocolError(400, "stream name has an empty, '.' or '..' segment")
     return name
+
+
+def source_stream_name(value: str, stream_prefix: str) -> str:
+    """4.2: Stream-Forked-From is a path on this server; the stream name it names.
+
+    Shared by the fork handler and the access-control layer, so both read the
+    same source from the same header.
+    """
+    raw = value.strip().encode("utf-8", "surrogateescape")
+    if b"://" in raw:
+        raise ProtocolError(400, "Stream-Forked-From must be a path on this server")
+    raw = raw.split(b"?", 1)[0]
+    prefix = stream_prefix.encode()
+    index = raw.find(prefix)
+    if index < 0:
+        raise ProtocolError(404, "source stream not found")
+    return stream_name(raw[index + len(prefix):])
