@@ -125,7 +125,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         if self._closed_by_us or self.transport is None or self.transport.is_closing():
             return
         self._closed_by_us = True
-        if self.cycle is None or not self.cycle.response_started:
+        cycle = self.cycle  # the previous request's, on a keep-alive connection
+        if cycle is None or cycle.response_complete or not cycle.response_started:
             self.transport.write(error_response(status, reason))
         if self.transport.can_write_eof():
             self.transport.write_eof()
