@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from ..protocol.errors import ProtocolError
 from ..protocol.headers import is_json
-from ..protocol.jsonmode import fragment, fragment_messages
+from ..protocol.jsonmode import fragment_prefix
 from ..protocol.state import AppendDecision, AppendRequest, CreateRequest, StreamState
 
 UNBOUNDED = 1 << 62
@@ -321,10 +321,7 @@ class Store(ABC):
             raise ProtocolError(400, "Stream-Fork-Sub-Offset points past the source's data")
         first = chunk.parts[0]
         if is_json(source.content_type):
-            messages = fragment_messages(first)
-            if sub > len(messages):
-                raise ProtocolError(400, "Stream-Fork-Sub-Offset is past the next append")
-            return fragment(messages[:sub])
+            return fragment_prefix(first, sub)
         if sub > len(first):
             raise ProtocolError(400, "Stream-Fork-Sub-Offset is past the next append")
         return first[:sub]
