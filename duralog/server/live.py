@@ -1,0 +1,177 @@
+"""Live reads: long-poll (PROTOCOL.md 5.7) and SSE (5.8).
+
+Readers wait on the store's notifier (a wake-up per append, not a copy per
+reader) while a ``DisconnectWatcher`` notices clients that leave. ``closing``
+is set at shutdown so every waiting reader ends with its normal answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import codecs
+import time
+
+from ..protocol import cursor as cursors
+from ..protocol import headers as H
+from ..protocol import jsonmode, sse
+from ..protocol.errors import ProtocolError
+from ..protocol.offsets import format_offset
+from ..protocol.state import StreamState
+from ..store import Store
+from .config import Config
+from .http import DisconnectWatcher, Headers, Request, Responses, Send
+from .streams import StreamOps
+
+_SSE_SHARED_BYTES = 16 << 20  # most bytes of encoded SSE events kept for sharing
+
+
+class LiveReads:
+    """Long-poll and SSE readers of one ``Store``."""
+
+    def __init__(self, config: Config, store: Store, http: Responses, ops: StreamOps) -> None:
+        self.config = config
+        self.store = store
+        self.http = http
+        self.ops = ops
+        self.closing = asyncio.Event()
+        # Encoded SSE data events shared by readers at the same position (see _sse_data).
+        self._sse_events: dict[tuple[int, int, int], tuple[bytes, int]] = {}
+        self._sse_event_bytes = 0
+
+    async def read(self, req: Request, send: Send, state: StreamState, pos: int, mode: str,
+                   client_cursor: str | None) -> None:
+        if mode == "sse":
+            await self._sse(req, send, state, pos, client_cursor)
+        else:
+            await self._long_poll(req, send, state, pos, client_cursor)
+
+    async def _long_poll(self, req: Request, send: Send, state: StreamState, pos: int,
+                         client_cursor: str | None) -> None:
+        cursor = cursors.next_cursor(client_cursor)
+        if pos < state.tail:
+            # 5.7: data already there (including a fork's inherited range) comes at once.
+            await self.ops.catch_up(req, send, state, pos, format_offset(pos), cursor)
+            return
+        deadline = time.monotonic() + self.config.long_poll_timeout
+        watcher = DisconnectWatcher(req.receive)
+        try:
+            while not state.closed:
+                left = deadline - time.monotonic()
+                if left <= 0 or self.closing.is_set():
+                    break
+                await watcher.wait(self.store.notifier.future(state.id), left)
+                if watcher.gone:
+                    return
+                current = self.ops.current(req.name, state.id)
+                if current is None:
+                    raise ProtocolError(404, "stream was deleted")
+                state = current
+                if pos < state.tail:
+                    await self.ops.catch_up(req, send, state, pos, format_offset(pos),
+                                         cursors.next_cursor(client_cursor))
+                    return
+        finally:
+            watcher.cancel()
+        # 5.7: a timeout, or a closed stream at its tail: 204 with the tail.
+        headers: Headers = [
+            (b"stream-next-offset", format_offset(pos).encode()),
+            (b"stream-up-to-date", b"true"),
+            (b"cache-control", b"no-store"),
+        ]
+        if state.closed:
+            headers.append((b"stream-closed", b"true"))
+        else:
+            headers.append((b"stream-cursor", cursors.next_cursor(client_cursor).encode()))
+        await self.http.respond(send, 204, headers)
+
+    async def _sse(self, req: Request, send: Send, state: StreamState, pos: int,
+                   client_cursor: str | None) -> None:
+        binary = not H.is_text_like(state.content_type)
+        is_json = H.is_json(state.content_type)
+        headers = [
+            *self.http.base_headers,
+            (b"content-type", b"text/event-stream"),
+            (b"cache-control", b"no-cache"),
+            (b"x-accel-buffering", b"no"),
+        ]
+        if binary:
+            # 5.8: binary streams travel as base64, and say so.
+            headers.append((b"stream-sse-data-encoding", b"base64"))
+        encoding = "json" if is_json else "base64" if binary else "text"
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        deadline = time.monotonic() + self.config.sse_max_duration
+        keepalive = self.config.long_poll_timeout
+        watcher = DisconnectWatcher(req.receive)
+        first = True
+        try:
+            while not watcher.gone:
+                current = self.ops.current(req.name, state.id)
+                if current is None:
+                    break  # deleted: end the stream; a reconnect gets 404
+                state = current
+                if pos < state.tail:
+                    data_event, pos = await self._sse_data(state, pos, encoding, decoder)
+                    up_to_date = pos >= state.tail
+                    closed = state.closed and up_to_date
+                    await send({"type": "http.response.body", "more_body": True,
+                                 "body": data_event + sse.control_event(
+                                     format_offset(pos), cursor=cursors.next_cursor(client_cursor),
+                                     up_to_date=up_to_date, closed=closed)})
+                    first = False
+                    if closed:
+                        break
+                    continue
+                if state.closed or first:
+                    await send({"type": "http.response.body", "more_body": True,
+                                "body": sse.control_event(
+                                    format_offset(pos), cursor=cursors.next_cursor(client_cursor),
+                                    up_to_date=True, closed=state.closed)})
+                    first = False
+                    if state.closed:
+                        break
+                left = deadline - time.monotonic()
+                if left <= 0 or self.closing.is_set():
+                    break
+                woke = await watcher.wait(self.store.notifier.future(state.id),
+                                          min(left, keepalive))
+                if not woke and time.monotonic() < deadline:
+                    # Keep-alive: still up to date, with a fresh cursor.
+                    first = True
+        finally:
+            watcher.cancel()
+        if not watcher.gone:
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _sse_data(self, state: StreamState, pos: int, encoding: str,
+                        decoder: codecs.IncrementalDecoder) -> tuple[bytes, int]:
+        """The next data event from ``pos`` and the position after it.
+
+        Every reader of a stream's tail asks for the same event after an append,
+        so the encoded event is kept and shared (fan-out costs one read and one
+        encoding, not one per reader). A text reader whose decoder holds part of
+        a character has bytes of its own and is served apart.
+        """
+        shareable = encoding != "text" or decoder.getstate() == (b"", 0)
+        key = (state.id, pos, state.tail)
+        if shareable:
+            hit = self._sse_events.get(key)
+            if hit is not None:
+                return hit
+        chunk = await self.store.read(state, pos, self.config.chunk_size)
+        if encoding == "json":
+            payload = jsonmode.wrap(chunk.parts).decode("utf-8")
+        elif encoding == "base64":
+            payload = base64.b64encode(b"".join(chunk.parts)).decode("ascii")
+        else:
+            payload = decoder.decode(b"".join(chunk.parts))
+        result = (sse.data_event(payload), chunk.next_pos)
+        if shareable and (encoding != "text" or decoder.getstate() == (b"", 0)):
+            self._sse_event_bytes += len(result[0])
+            if self._sse_event_bytes > _SSE_SHARED_BYTES:
+                self._sse_events.clear()
+                self._sse_event_bytes = len(result[0])
+            self._sse_events[key] = result
+        return result
+
