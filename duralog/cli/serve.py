@@ -62,7 +62,6 @@ def run(args: argparse.Namespace) -> int:
     import uvicorn
 
     from ..server.app import DuralogApp
-    from ..server.auth import secure
     from ..server.limits import LimitedHttpToolsProtocol
 
     try:
@@ -74,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
             header_timeout=args.header_timeout, body_timeout=args.body_timeout,
             send_timeout=args.send_timeout, max_header_bytes=args.max_header_bytes,
             max_header_fields=args.max_header_fields, max_request_line=args.max_request_line)
-        app = secure(DuralogApp(config), config)
+        app = DuralogApp(config)  # wraps itself in the security layer (server/auth.py)
     except ValueError as err:
         print(f"duralog serve: {err}", file=sys.stderr)
         return 2

@@ -128,10 +128,15 @@ MAX_CONTENT_TYPE = 256
 _VISIBLE_ASCII = re.compile(r"[\x20-\x7e]*")
 
 
-def is_valid_content_type(content_type: str) -> bool:
+def is_plain_header_value(content_type: str) -> bool:
+    """At most MAX_CONTENT_TYPE characters, all visible ASCII or spaces."""
     return (len(content_type) <= MAX_CONTENT_TYPE
-            and _VISIBLE_ASCII.fullmatch(content_type) is not None
-            and bool(_MEDIA_TYPE.fullmatch(media_type(content_type))))
+            and _VISIBLE_ASCII.fullmatch(content_type) is not None)
+
+
+def is_valid_content_type(content_type: str) -> bool:
+    return is_plain_header_value(content_type) and bool(
+        _MEDIA_TYPE.fullmatch(media_type(content_type)))
 
 
 def is_json(content_type: str | None) -> bool:

@@ -32,6 +32,7 @@ from ..protocol.errors import ProtocolError
 from ..protocol.paths import stream_name
 from ..protocol.state import CreateRequest, StreamState
 from ..store import Store, open_store
+from .auth import secure
 from .config import Config
 from .context import ServerContext
 from .health import HealthApp, MetricsApp, ReadyApp
@@ -92,6 +93,8 @@ class DuralogApp:
         self._start_lock = asyncio.Lock()
         self._sweeper: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
+        # The security layer (server/auth.py) owns CORS: the app's own answers say "*"
+        # only when any origin is allowed, and the layer rewrites them otherwise.
         self.http = Responses(self.config.cors_origin)
         self.streams = StreamOps(self.config, self.store, self.http)
         self.live = LiveReads(self.config, self.store, self.http, self.streams)
@@ -103,6 +106,9 @@ class DuralogApp:
         # root) wins; "/" (the console) only serves what nothing else does.
         self._mounts = sorted((m for m in mounts if m[0] != "/"), key=lambda m: -len(m[0]))
         self._fallback = next((app for prefix, app in mounts if prefix == "/"), None)
+        # Cross-cutting layers wrap the composed app once (DESIGN.md): Host, CORS,
+        # rate limits and access control (docs/security.md).
+        self._entry = secure(self._http, self.config)
 
     # -- lifecycle ---------------------------------------------------------
     async def startup(self) -> None:
@@ -156,7 +162,7 @@ class DuralogApp:
         if kind == "http":
             if not self._started:
                 await self.startup()
-            await self._http(scope, receive, send)
+            await self._entry(scope, receive, send)
         elif kind == "lifespan":
             await self._lifespan(receive, send)
 

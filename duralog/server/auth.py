@@ -37,6 +37,9 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 REGISTRY = "__registry__"
+# What needs no token even with auth on: the server's name and the health probes
+# (no stream data in them; load balancers cannot send tokens).
+_OPEN_PATHS = frozenset({b"", b"/", b"/healthz", b"/readyz"})
 RESERVED = "__ds"  # PROTOCOL.md 6: control APIs
 _WRITE_METHODS = frozenset({"POST", "PUT", "DELETE", "PATCH"})
 _ALL_METHODS = b"GET, POST, PUT, DELETE, HEAD, OPTIONS"
@@ -114,7 +117,8 @@ class SecurityLayer:
             scope["headers"] = [(k, v) for k, v in scope["headers"]
                                 if k.lower() not in (b"accept-encoding", b"if-none-match")]
             send = _RegistryFilter(send, registry_filter).send
-        if private or (origin is not None and (self.origins or not self.any_origin)):
+        if private or not self.any_origin or (origin is not None and origin.lower()
+                                              in self.origins):
             send = _HeaderRewriter(send, private, self._cors_headers(origin)).send
         await self.app(scope, receive, send)
 
@@ -136,9 +140,8 @@ class SecurityLayer:
                 authorization = value
             elif k == b"stream-forked-from":
                 forked_from = value
-        if scope.get("http_version", "1.1") != "1.0" and len(hosts) != 1:
-            # RFC 9112 3.2: an HTTP/1.1 request has exactly one Host.
-            raise _Refusal(400, "a request needs exactly one Host header")
+        # RFC 9112 3.2 (exactly one Host on HTTP/1.1) is enforced by the HTTP layer
+        # (server/limits.py); in-process ASGI callers may leave Host out.
         if len(hosts) > 1:
             raise _Refusal(400, "a request needs exactly one Host header")
         return hosts, origin, authorization, forked_from
@@ -239,7 +242,7 @@ class SecurityLayer:
         if root and raw.startswith(root):
             raw = raw[len(root):]
         if not raw.startswith(self.prefix):
-            if raw in (b"", b"/") and method in ("GET", "HEAD", "OPTIONS"):
+            if raw in _OPEN_PATHS and method in ("GET", "HEAD", "OPTIONS"):
                 return []
             # Other mounted applications are control APIs: admin over all streams.
             return [("admin", RESERVED + "/" + raw.decode("latin-1").strip("/"))]

@@ -69,6 +69,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._url_bytes = 0
         self._field_bytes = 0
         self._fields = 0
+        self._hosts = 0
         self._refusal: tuple[int, str] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_kind = ""
@@ -202,7 +203,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._in_head = True
-        self._url_bytes = self._field_bytes = self._fields = 0
+        self._url_bytes = self._field_bytes = self._fields = self._hosts = 0
         if self._timer is None or self._timer_kind != "head":
             self._arm("head", self.header_timeout)
 
@@ -214,6 +215,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         super().on_url(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if len(name) == 4 and name.lower() == b"host":
+            self._hosts += 1
         self._fields += 1
         self._field_bytes += len(name) + len(value) + _PER_FIELD_OVERHEAD
         if self._fields > self.max_header_fields:
@@ -226,6 +229,10 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
+        if self._hosts != 1 and (self._hosts > 1 or self.parser.get_http_version() != "1.0"):
+            # RFC 9112 3.2: an HTTP/1.1 request carries exactly one Host.
+            self._refusal = (400, "a request needs exactly one Host header")
+            raise _Refused
         self._in_head = False
         self._head_bytes = 0
         self._disarm()
