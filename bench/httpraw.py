@@ -8,11 +8,15 @@ reusable buffer and only counted unless the caller asks to keep them. It handles
 
 from __future__ import annotations
 
+import os
 import socket
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 _SCRATCH = 1 << 20
+
+# Set by python -m bench when an auth target runs (bench/targets.py: BENCH_TOKEN).
+_AUTHORIZATION = os.environ.get("BENCH_AUTHORIZATION", "")
 
 
 def split_url(url: str) -> tuple[str, int, str]:
@@ -57,6 +61,8 @@ class Conn:
     def request(self, method: str, path: str, body: bytes = b"",
                 headers: dict[str, str] | None = None, keep_body: bool = True) -> Response:
         lines = [f"{method} {path} HTTP/1.1", f"Host: {self.host}:{self.port}"]
+        if _AUTHORIZATION:
+            lines.append(f"Authorization: {_AUTHORIZATION}")
         for k, v in (headers or {}).items():
             lines.append(f"{k}: {v}")
         if body or method in ("POST", "PUT"):

@@ -47,7 +47,7 @@ def _loads(body: bytes) -> tuple[Any, bool]:
         raise ProtocolError(400, "body is not valid JSON") from None
 
 
-_WHITESPACE = b" \t\r\n"  # RFC 8259 2: the only insignificant white space
+WHITESPACE = _WHITESPACE = b" \t\r\n"  # RFC 8259 2: the only insignificant white space
 
 
 # The deepest nesting an append may have. orjson writes at most 254 levels, and a

@@ -28,6 +28,7 @@ from typing import Any, Protocol
 import orjson
 from prometheus_client import CollectorRegistry
 
+from .. import offload
 from ..protocol.errors import ProtocolError
 from ..protocol.paths import stream_name
 from ..protocol.state import CreateRequest, StreamState
@@ -138,6 +139,7 @@ class DuralogApp:
         for _, app in reversed(self._sub_apps()):
             await app.shutdown()
         await self.store.stop()
+        offload.shutdown()
 
     def _sub_apps(self) -> list[tuple[str, SubApp]]:
         apps = list(self._mounts)

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 import orjson
 
+from .. import offload
 from ..protocol import headers as H
 from ..protocol import jsonmode
 from ..protocol.errors import ProtocolError
@@ -92,7 +93,7 @@ class StreamOps:
         payload: bytes | None = None
         if body:
             if H.is_json(effective_type):
-                payload = jsonmode.append_fragment(body, allow_empty=True)
+                payload = await offload.append_fragment(body, allow_empty=True)
             else:
                 payload = body
 
@@ -153,7 +154,7 @@ class StreamOps:
                 raise ProtocolError(409, "content type does not match the stream's "
                                          f"({state.content_type})")
             if H.is_json(state.content_type):
-                payload = jsonmode.append_fragment(body, allow_empty=False)
+                payload = await offload.append_fragment(body, allow_empty=False)
                 assert payload is not None
         decision, state = await self.store.append(req.name, AppendRequest(
             payload=payload, content_type=content_type, stream_seq=stream_seq,

@@ -18,9 +18,9 @@ from bisect import bisect_right
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from ..offload import fragment_prefix
 from ..protocol.errors import ProtocolError
 from ..protocol.headers import is_json
-from ..protocol.jsonmode import fragment_prefix
 from ..protocol.state import AppendDecision, AppendRequest, CreateRequest, StreamState
 
 UNBOUNDED = 1 << 62
@@ -321,7 +321,7 @@ class Store(ABC):
             raise ProtocolError(400, "Stream-Fork-Sub-Offset points past the source's data")
         first = chunk.parts[0]
         if is_json(source.content_type):
-            return fragment_prefix(first, sub)
+            return await fragment_prefix(first, sub)
         if sub > len(first):
             raise ProtocolError(400, "Stream-Fork-Sub-Offset is past the next append")
         return first[:sub]
