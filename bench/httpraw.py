@@ -15,9 +15,6 @@ from urllib.parse import urlsplit
 
 _SCRATCH = 1 << 20
 
-# Set by python -m bench when an auth target runs (bench/targets.py: BENCH_TOKEN).
-_AUTHORIZATION = os.environ.get("BENCH_AUTHORIZATION", "")
-
 
 def split_url(url: str) -> tuple[str, int, str]:
     parts = urlsplit(url)
@@ -61,8 +58,9 @@ class Conn:
     def request(self, method: str, path: str, body: bytes = b"",
                 headers: dict[str, str] | None = None, keep_body: bool = True) -> Response:
         lines = [f"{method} {path} HTTP/1.1", f"Host: {self.host}:{self.port}"]
-        if _AUTHORIZATION:
-            lines.append(f"Authorization: {_AUTHORIZATION}")
+        auth = os.environ.get("BENCH_AUTHORIZATION")
+        if auth:
+            lines.append(f"Authorization: {auth}")
         for k, v in (headers or {}).items():
             lines.append(f"{k}: {v}")
         if body or method in ("POST", "PUT"):

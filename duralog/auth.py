@@ -38,6 +38,8 @@ MIN_SECRET_BYTES = 32
 MAX_TOKEN_BYTES = 8192  # longer bearer values are refused before any work
 _MINTED_PREFIX = "dl1."
 _MAX_PATTERN_SEGMENTS = 64
+_DECISIONS_KEPT = 4096  # per grant
+_MINTED_KEPT = 10_000  # verified minted tokens remembered until they expire
 
 
 class AuthConfigError(ValueError):
@@ -129,10 +131,21 @@ class Grant:
     read: tuple[Glob, ...] = ()
     write: tuple[Glob, ...] = ()
     admin: tuple[Glob, ...] = ()
+    # Decisions already made: busy streams are checked again and again.
+    _seen: dict[tuple[str, str], bool] = field(default_factory=dict, compare=False,
+                                               hash=False, repr=False)
 
     def allows(self, scope: str, path: str) -> bool:
+        key = (scope, path)
+        seen = self._seen.get(key)
+        if seen is not None:
+            return seen
         globs: tuple[Glob, ...] = getattr(self, scope)
-        return any(g.matches(path) for g in globs)
+        allowed = any(g.matches(path) for g in globs)
+        if len(self._seen) >= _DECISIONS_KEPT:
+            self._seen.clear()
+        self._seen[key] = allowed
+        return allowed
 
     @property
     def empty(self) -> bool:
@@ -166,6 +179,7 @@ class Principal:
     name: str
     grant: Grant
     key: str  # rate-limit key: the static token's name, or a minted token's subject/hash
+    expires: float = math.inf  # a minted token's expiry (Unix seconds)
 
 
 @dataclass
@@ -177,6 +191,10 @@ class AuthConfig:
     signing_secret: bytes | None = None
     token_rate: RateLimit | None = None
     address_rate: RateLimit | None = None
+    # Minted tokens already verified -> (principal, expiry): a browser presents the
+    # same token on every request; checking its signature once is enough.
+    _minted: OrderedDict[str, tuple[Principal, float]] = field(
+        default_factory=OrderedDict, repr=False)
 
     def authenticate(self, token: str, now: float | None = None) -> Principal:
         """The principal for a bearer value, or TokenError (the reason never holds the token)."""
@@ -186,9 +204,19 @@ class AuthConfig:
         if token.startswith(_MINTED_PREFIX):
             if self.signing_secret is None:
                 raise TokenError("minted tokens are not accepted: no signing_secret")
-            grant, subject = verify_token(self.signing_secret, token, now=now)
+            t = time.time() if now is None else now
+            known = self._minted.get(token)
+            if known is not None:
+                if t < known[1]:
+                    return known[0]
+                del self._minted[token]
+            grant, subject, expires = _verify(self.signing_secret, token, t)
             key = subject or "minted:" + hashlib.sha256(raw).hexdigest()[:16]
-            return Principal(subject or "minted", grant, key)
+            principal = Principal(subject or "minted", grant, key, expires)
+            self._minted[token] = (principal, expires)
+            if len(self._minted) > _MINTED_KEPT:
+                self._minted.popitem(last=False)
+            return principal
         # Looked up by SHA-256 digest, never by the value: the comparison time then
         # depends on how many leading bytes of the *digest* match, which a guesser
         # cannot steer, so nothing about a real token leaks through timing.
@@ -342,6 +370,11 @@ def mint_token(secret: str | bytes, *, read: Iterable[str] = (), write: Iterable
 def verify_token(secret: str | bytes, token: str,
                  now: float | None = None) -> tuple[Grant, str | None]:
     """The grant and subject of a minted token; TokenError if forged, expired or malformed."""
+    grant, subject, _ = _verify(secret, token, time.time() if now is None else now)
+    return grant, subject
+
+
+def _verify(secret: str | bytes, token: str, now: float) -> tuple[Grant, str | None, float]:
     if len(token) > MAX_TOKEN_BYTES or not token.startswith(_MINTED_PREFIX):
         raise TokenError("malformed token")
     signed, _, sig_text = token.rpartition(".")
@@ -360,10 +393,10 @@ def verify_token(secret: str | bytes, token: str,
         grant = Grant.from_patterns(*(payload.get(s, []) for s in SCOPES))
     except (ValueError, TypeError, KeyError, AuthConfigError):
         raise TokenError("malformed token") from None
-    if not isinstance(exp, int) or (time.time() if now is None else now) >= exp:
+    if not isinstance(exp, int) or now >= exp:
         raise TokenError("token expired")
     subject = payload.get("sub")
-    return grant, subject if isinstance(subject, str) else None
+    return grant, subject if isinstance(subject, str) else None, float(exp)
 
 
 # -- rate limiting (PROTOCOL.md 12.5) ---------------------------------------------------
