@@ -18,8 +18,13 @@ keeps uvloop + httptools (the fast path measured in docs/benchmarks.md):
 - every answer written here carries the security headers of PROTOCOL.md 12.7,
   the parser's own 400 included.
 
-Each timer is a single ``loop.call_later`` per connection phase, so the cost per
-request is a handful of attribute updates.
+Timeouts are checked by one sweep per server (twice per shortest timeout, at
+most once a second) rather than a timer per request: a timer armed and
+cancelled per request cost a measurable share of a 100-byte append. The hot
+path only bumps counters; the sweep notices when a connection has been in the
+same phase (head, body) without progress for longer than its timeout. Field
+counts, sizes and the Host rule are checked once the head is complete, which is
+safe because the head was capped by bytes as it arrived.
 """
 
 from __future__ import annotations
@@ -67,13 +72,15 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._in_head = True  # between the first byte of a request and its last header
         self._head_bytes = 0
         self._url_bytes = 0
-        self._field_bytes = 0
-        self._fields = 0
-        self._hosts = 0
         self._refusal: tuple[int, str] | None = None
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_kind = ""
-        self._send_timer: asyncio.TimerHandle | None = None
+        # What the sweep watches: the phase (0 none, 1 head arriving, 2 body wanted),
+        # progress counters, and when it last saw them change.
+        self._phase = 1
+        self._requests = 0
+        self._body_chunks = 0
+        self._seen: tuple[int, int, int] = (1, 0, 0)
+        self._since = 0.0
+        self._send_deadline = 0.0
         self._overloaded = False
         self._closed_by_us = False
 
@@ -90,30 +97,45 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             "max_connections": max_connections,
         })
 
-    # -- timers ---------------------------------------------------------------------
-    def _arm(self, kind: str, delay: float) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-        self._timer_kind = kind
-        self._timer = self.loop.call_later(delay, self._expired)
+    # -- deadlines ----------------------------------------------------------------------
+    def _ensure_sweep(self) -> None:
+        # One sweep per server (its state holds the set of open connections).
+        state = self.server_state
+        if not getattr(state, "duralog_sweep", False):
+            state.duralog_sweep = True  # type: ignore[attr-defined]
+            self.loop.call_later(self._sweep_interval(), self._sweep, self.loop,
+                                 self.connections)
 
-    def _disarm(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+    @classmethod
+    def _sweep_interval(cls) -> float:
+        return min(1.0, cls.header_timeout / 2, cls.body_timeout / 2, cls.send_timeout / 2)
 
-    def _expired(self) -> None:
-        self._timer = None
-        if self.transport is None or self.transport.is_closing():
+    @classmethod
+    def _sweep(cls, loop: asyncio.AbstractEventLoop, connections: set[Any]) -> None:
+        now = loop.time()
+        for conn in list(connections):
+            if isinstance(conn, LimitedHttpToolsProtocol):
+                conn._check(now)
+        loop.call_later(cls._sweep_interval(), cls._sweep, loop, connections)
+
+    def _check(self, now: float) -> None:
+        transport = self.transport
+        if transport is None or transport.is_closing():
             return
-        if self._timer_kind == "head":
+        if self._send_deadline and now >= self._send_deadline:
+            transport.abort()
+            return
+        seen = (self._phase, self._requests, self._body_chunks)
+        if seen != self._seen or not seen[0]:
+            self._seen, self._since = seen, now
+            return
+        if seen[0] == 1 and now - self._since >= self.header_timeout:
             self._reject(408, "request header not received in time")
-        elif self._timer_kind == "body":
+        elif seen[0] == 2 and now - self._since >= self.body_timeout:
             if self.flow is not None and self.flow.read_paused:
-                # The app is not reading: the stall is ours, not the client's.
-                self._arm("body", self.body_timeout)
-                return
-            self.transport.close()
+                self._since = now  # the app is not reading: the stall is ours
+            else:
+                transport.close()
 
     def _reject(self, status: int, reason: str) -> None:
         """Answer (unless a response already started) and close.
@@ -122,7 +144,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         for a moment: closing a socket with unread input sends a reset, which can
         destroy the answer before the client reads it.
         """
-        self._disarm()
+        self._phase = 0
         if self._closed_by_us or self.transport is None or self.transport.is_closing():
             return
         self._closed_by_us = True
@@ -142,14 +164,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             # Answer as soon as the request starts arriving, then close: a fast 503
             # instead of a connection that hangs or an empty reply (fd exhaustion).
             self._overloaded = True
-        self._arm("head", self.header_timeout)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._disarm()
-        if self._send_timer is not None:
-            self._send_timer.cancel()
-            self._send_timer = None
-        super().connection_lost(exc)
+        self._since = self.loop.time()
+        self._ensure_sweep()
 
     def data_received(self, data: bytes) -> None:
         if self._closed_by_us:
@@ -159,8 +175,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             return
         self._unset_keepalive_if_required()
         if self._in_head:
-            if self._timer is None:
-                self._arm("head", self.header_timeout)
+            self._phase = 1
             room = self.max_request_line + self.max_header_bytes + (
                 self.max_header_fields * _PER_FIELD_OVERHEAD) + 64 - self._head_bytes
             if len(data) > room:
@@ -178,7 +193,18 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
                     self.data_received(rest)
                 return
             self._head_bytes += len(data)
-        self._feed(data)
+        parser = self.parser
+        if parser is None:
+            return
+        try:
+            parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            if self._should_upgrade():
+                self.handle_websocket_upgrade()
+            else:
+                self._unsupported_upgrade_warning()
+        except httptools.HttpParserError:
+            self._reject(*(self._refusal or (400, "invalid HTTP request")))
 
     def _feed(self, data: bytes) -> None:
         if self.parser is None:
@@ -191,78 +217,59 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             else:
                 self._unsupported_upgrade_warning()
         except httptools.HttpParserError:
-            if self._refusal is not None:
-                self._reject(*self._refusal)
-            else:
-                self._reject(400, "invalid HTTP request")
+            self._reject(*(self._refusal or (400, "invalid HTTP request")))
 
     def send_400_response(self, msg: str) -> None:
         self._reject(400, msg)
 
     # -- parser callbacks -------------------------------------------------------------
-    def on_message_begin(self) -> None:
-        super().on_message_begin()
-        self._in_head = True
-        self._url_bytes = self._field_bytes = self._fields = self._hosts = 0
-        if self._timer is None or self._timer_kind != "head":
-            self._arm("head", self.header_timeout)
-
     def on_url(self, url: bytes) -> None:
         self._url_bytes += len(url)
         if self._url_bytes > self.max_request_line:
             self._refusal = (414, "request line is too long")
             raise _Refused
-        super().on_url(url)
+        self.url += url
 
-    def on_header(self, name: bytes, value: bytes) -> None:
-        if len(name) == 4 and name.lower() == b"host":
-            self._hosts += 1
-        self._fields += 1
-        self._field_bytes += len(name) + len(value) + _PER_FIELD_OVERHEAD
-        if self._fields > self.max_header_fields:
+    def on_headers_complete(self) -> None:
+        headers = self.headers
+        if len(headers) > self.max_header_fields:
             self._refusal = (431, f"more than {self.max_header_fields} request header fields")
             raise _Refused
-        if self._field_bytes > self.max_header_bytes:
+        if self._head_bytes > self.max_header_bytes and sum(
+                len(n) + len(v) + _PER_FIELD_OVERHEAD for n, v in headers
+        ) > self.max_header_bytes:
             self._refusal = (431, f"request header fields are larger than "
                                   f"{self.max_header_bytes} bytes")
             raise _Refused
-        super().on_header(name, value)
-
-    def on_headers_complete(self) -> None:
-        if self._hosts != 1 and (self._hosts > 1 or self.parser.get_http_version() != "1.0"):
+        hosts = 0
+        for name, _ in headers:
+            if name == b"host":  # uvicorn lower-cases names in on_header
+                hosts += 1
+        if hosts != 1 and (hosts > 1 or self.parser.get_http_version() != "1.0"):
             # RFC 9112 3.2: an HTTP/1.1 request carries exactly one Host.
             self._refusal = (400, "a request needs exactly one Host header")
             raise _Refused
         self._in_head = False
-        self._head_bytes = 0
-        self._disarm()
+        self._head_bytes = self._url_bytes = 0
+        self._requests += 1
+        self._phase = 2  # until on_message_complete: the body is wanted
         super().on_headers_complete()
-        if self.cycle is not None and self.cycle.more_body:
-            self._arm("body", self.body_timeout)
 
     def on_body(self, body: bytes) -> None:
+        self._body_chunks += 1
         super().on_body(body)
-        if self._timer_kind == "body":
-            self._arm("body", self.body_timeout)
 
     def on_message_complete(self) -> None:
-        self._disarm()
+        self._phase = 0
         self._in_head = True  # a pipelined next request is counted from its first byte
         super().on_message_complete()
 
     # -- unread responses ---------------------------------------------------------------
     def pause_writing(self) -> None:
         super().pause_writing()
-        if self._send_timer is None:
-            self._send_timer = self.loop.call_later(self.send_timeout, self._send_expired)
+        if not self._send_deadline:
+            self._send_deadline = self.loop.time() + self.send_timeout
 
     def resume_writing(self) -> None:
         super().resume_writing()
-        if self._send_timer is not None:
-            self._send_timer.cancel()
-            self._send_timer = None
-
-    def _send_expired(self) -> None:
-        self._send_timer = None
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.abort()
+        self._send_deadline = 0.0
