@@ -334,3 +334,20 @@ def test_allowed_hosts() -> None:
         assert r.headers["location"].startswith("http://streams.example:4437/")
     finally:
         server.stop()
+
+
+def test_open_server_off_loopback_warns(tmp_path: Path) -> None:
+    log = tmp_path / "server.log"
+    server = duralog_server("memory", extra=["--host", "0.0.0.0"], log_path=log).start()
+    server.stop()
+    assert "WARNING: no --auth" in log.read_text()
+    quiet = tmp_path / "quiet.log"
+    auth = tmp_path / "auth.toml"
+    auth.write_text(AUTH_FILE)
+    server = duralog_server("memory", extra=["--host", "0.0.0.0", "--auth", str(auth)],
+                            log_path=quiet).start()
+    server.stop()
+    assert "WARNING" not in quiet.read_text()
+    local = tmp_path / "local.log"
+    duralog_server("memory", log_path=local).start().stop()
+    assert "WARNING" not in local.read_text()
