@@ -30,6 +30,9 @@ GOALS: list[Goal] = [
     ("latency", "p50", None, "< 2 ms", _abs(lambda v: v < 2)),
     ("latency", "p99", None, "< 15 ms", _abs(lambda v: v < 15)),
     ("fanout", "errors", None, "0", _abs(lambda v: v == 0)),
+    ("proxy", "added per token p50", None, "< 2 ms", _abs(lambda v: v < 2)),
+    ("proxy", "added per token p99", None, "< 10 ms", _abs(lambda v: v < 10)),
+    ("proxy", "streams completed", None, "all", _abs(lambda v: v in (200, 1000))),
 ]
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import clients
+from . import state as _state
 from .httpraw import Client
 from .targets import Target
 
@@ -39,6 +40,8 @@ class Config:
     fanout_appends: int = 5
     fanout_gap_ms: float = 100.0
     fanout_rounds: int = 1  # a fan-out run is long and already has N x appends deliveries
+    state_events: int = 1_000_000  # bench/state.py
+    state_rows: int = 100_000
 
     @classmethod
     def for_run(cls, quick: bool) -> Config:
@@ -46,7 +49,8 @@ class Config:
             return cls()
         return cls(quick=True, rounds=1, wrk_duration=2.0, large_duration=2.0,
                    catchup_mib=64, catchup_reads=2, latency_count=300,
-                   fanout_sizes=(1000,), fanout_appends=3)
+                   fanout_sizes=(1000,), fanout_appends=3, state_events=200_000,
+                   state_rows=20_000)
 
 
 @dataclass
@@ -341,4 +345,10 @@ SCENARIOS: dict[str, Callable[[Target, Config, int], list[Sample]]] = {
     "catchup": catch_up,
     "latency": latency,
     "fanout": fanout,
+    "state": _state.state,
 }
+
+# The proxy scenario lives in its own module (it needs an upstream of its own).
+from .proxy import proxy  # noqa: E402
+
+SCENARIOS["proxy"] = proxy

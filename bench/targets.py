@@ -35,6 +35,7 @@ class TargetSpec:
     kind: str  # "duralog" | "reference" | "url"
     mode: str  # "memory" | "durable"
     server: str  # "uvicorn" | "granian" | "node" | "external"
+    flags: tuple[str, ...] = ()  # extra `duralog serve` flags
     auth: bool = False  # run with an auth file; clients send BENCH_TOKEN
 
 
@@ -45,6 +46,12 @@ SPECS: dict[str, TargetSpec] = {s.name: s for s in [
     TargetSpec("ref-datadir", "reference", "durable", "node"),
     TargetSpec("granian-memory", "duralog", "memory", "granian"),
     TargetSpec("granian-sqlite", "duralog", "durable", "granian"),
+    # The same servers without the access log and metrics layer (docs/benchmarks.md:
+    # what observability costs): compare with duralog-memory / duralog-sqlite.
+    TargetSpec("duralog-memory-bare", "duralog", "memory", "uvicorn",
+               ("--no-access-log", "--no-metrics")),
+    TargetSpec("duralog-sqlite-bare", "duralog", "durable", "uvicorn",
+               ("--no-access-log", "--no-metrics")),
     TargetSpec("duralog-memory+auth", "duralog", "memory", "uvicorn", auth=True),
     TargetSpec("duralog-sqlite+auth", "duralog", "durable", "uvicorn", auth=True),
 ]}
@@ -216,6 +223,10 @@ def start(name: str, log_dir: Path, long_poll_timeout: float = 30.0,
     data_dir = (tempfile.mkdtemp(prefix=f"bench-{name.partition('@')[0]}-")
                 if spec.mode == "durable" else None)
     env = {**os.environ, **(extra_env or {})}
+    if spec.kind == "duralog":
+        # The proxy scenario's upstream runs on this machine (bench/proxy.py).
+        env.setdefault("DURALOG_PROXY", "1")
+        env.setdefault("DURALOG_PROXY_ALLOW", "http://127.0.0.1:*/**")
     if tree != ROOT:
         env["PYTHONPATH"] = str(tree)
     if spec.server == "uvicorn":
@@ -228,6 +239,7 @@ def start(name: str, log_dir: Path, long_poll_timeout: float = 30.0,
             auth = log_dir / "auth.toml"
             auth.write_text(AUTH_FILE)
             args += ["--auth", str(auth)]
+        args += list(spec.flags)
     elif spec.server == "granian":
         env["DURALOG_BACKEND"] = "memory" if spec.mode == "memory" else "sqlite"
         env["DURALOG_LONG_POLL_TIMEOUT"] = str(long_poll_timeout)

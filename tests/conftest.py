@@ -38,7 +38,8 @@ def any_server(request: pytest.FixtureRequest) -> ServerProcess:
 @pytest.fixture(scope="session")
 def node_available() -> None:
     if shutil.which("node") is None or not (ROOT / "node_modules/@durable-streams").is_dir():
-        pytest.fail("node and the npm test peers are required: run `npm ci` first")
+        pytest.fail("node and the npm test peers are required: run "
+                    "`npm install --no-audit --no-fund` first (./scripts/test does)")
 
 
 @pytest.fixture(scope="session")

@@ -320,6 +320,7 @@ def test_header_and_param_functions_run_on_every_request(server: ServerProcess) 
 @pytest.mark.parametrize("kwargs", [
     {"max_attempts": 0}, {"initial_delay": -1}, {"max_delay": -0.5},
     {"initial_delay": 2, "max_delay": 1}, {"multiplier": 0.5}, {"jitter": 1.5},
+    {"initial_delay": 0}, {"initial_delay": 0.0, "max_delay": 0}, {"max_elapsed": 0},
 ])
 def test_bad_retry_options_raise_value_error(kwargs: dict) -> None:
     with pytest.raises(ValueError):

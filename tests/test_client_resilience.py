@@ -23,6 +23,7 @@ from duralog.client import (
     AsyncDurableStream,
     ConnectionFailed,
     DurableStream,
+    ProducerQueueFull,
     RateLimited,
     RetryPolicy,
     ServerError,
@@ -44,8 +45,15 @@ class ChaosProxy:
     """
 
     def __init__(self, upstream_port: int, *, cut: tuple[int, int] | None = None,
-                 reject: bytes | None = None, reject_count: int = 0, seed: int = 1) -> None:
+                 reject: bytes | None = None, reject_count: int = 0, seed: int = 1,
+                 drop_answer_to: bytes | None = None, drop_count: int = 0) -> None:
         self.upstream_port = upstream_port
+        # Forward requests containing ``drop_answer_to`` (the first ``drop_count``)
+        # but hang up instead of returning the server's answer: the request landed,
+        # the client never hears it.
+        self.drop_answer_to = drop_answer_to
+        self.drop_count = drop_count
+        self.dropped = 0
         self.cut = cut
         self.reject = reject
         self.reject_count = reject_count
@@ -108,6 +116,7 @@ class ChaosProxy:
             return
         state = {"left": budget, "closed": False}
         lock = threading.Lock()
+        sent = bytearray()  # what the client sent on this connection
 
         def close_both() -> None:
             with lock:
@@ -133,8 +142,18 @@ class ChaosProxy:
                                 cut_now = True
                             state["left"] -= len(data)
                     if record:
+                        sent.extend(data)
                         with self._lock:
                             self.log += data
+                    elif self.drop_answer_to is not None and \
+                            self.drop_answer_to in bytes(sent).lower():
+                        with self._lock:
+                            drop = self.dropped < self.drop_count
+                            if drop:
+                                self.dropped += 1
+                                sent.clear()
+                        if drop:
+                            break
                     if data:
                         dst.sendall(data)
                     if cut_now:
@@ -400,3 +419,179 @@ def test_plain_append_is_not_resent_after_the_request_may_have_landed(
         assert len(proxy.rejections) == 2
     finally:
         proxy.stop()
+
+
+@pytest.mark.parametrize("status", [500, 503, 429])
+def test_plain_append_is_retried_after_500_503_429_and_lands_once(
+        tight_server: ServerProcess, status: int) -> None:
+    """A 500, 503 or 429 means the server did not apply the append (docs/client.md):
+    the client sends it again, and the stream holds it exactly once."""
+    name = _name()
+    _fill(f"{tight_server.url}/v1/stream/{name}", 1)
+    reason = {500: b"Internal Server Error", 503: b"Service Unavailable",
+              429: b"Too Many Requests"}[status]
+    canned = (b"HTTP/1.1 %d %s\r\ncontent-length: 5\r\nconnection: close\r\n\r\nbusy\n"
+              % (status, reason))
+    proxy = ChaosProxy(tight_server.port, reject=canned, reject_count=2)
+    retries: list[tuple[Exception, float]] = []
+    try:
+        stream = DurableStream(f"{proxy.url}/v1/stream/{name}", retry=FAST_RETRY,
+                               content_type="application/json",
+                               on_retry=lambda err, delay: retries.append((err, delay)))
+        result = stream.append_json({"i": 1})
+        assert result.next_offset
+        assert len(proxy.rejections) == 2
+        assert [getattr(err, "status", None) for err, _ in retries] == [status, status]
+    finally:
+        proxy.stop()
+    got = DurableStream(f"{tight_server.url}/v1/stream/{name}").read_json()
+    assert got == [{"i": 0}, {"i": 1}]
+
+
+def test_plain_append_honours_retry_after_of_a_503(tight_server: ServerProcess) -> None:
+    name = _name()
+    _fill(f"{tight_server.url}/v1/stream/{name}", 1)
+    busy = (b"HTTP/1.1 503 Service Unavailable\r\nretry-after: 1\r\ncontent-length: 5\r\n"
+            b"connection: close\r\n\r\nbusy\n")
+    proxy = ChaosProxy(tight_server.port, reject=busy, reject_count=1)
+    try:
+        stream = DurableStream(f"{proxy.url}/v1/stream/{name}", retry=FAST_RETRY,
+                               content_type="application/json")
+        stream.append_json({"i": 1})
+        # The second try came no sooner than Retry-After said (a lower bound only).
+        assert proxy.accept_times[1] - proxy.rejections[0] >= 0.9
+    finally:
+        proxy.stop()
+    assert DurableStream(f"{tight_server.url}/v1/stream/{name}").read_json() == [
+        {"i": 0}, {"i": 1}]
+
+
+def test_plain_append_is_not_retried_after_a_502(tight_server: ServerProcess) -> None:
+    """A 502 comes from a proxy in front: the server behind it may have applied
+    the append, so a plain append surfaces it instead of risking a duplicate."""
+    name = _name()
+    _fill(f"{tight_server.url}/v1/stream/{name}", 1)
+    bad = b"HTTP/1.1 502 Bad Gateway\r\ncontent-length: 4\r\nconnection: close\r\n\r\nbad\n"
+    proxy = ChaosProxy(tight_server.port, reject=bad, reject_count=1)
+    try:
+        stream = DurableStream(f"{proxy.url}/v1/stream/{name}", retry=FAST_RETRY,
+                               content_type="application/json")
+        with pytest.raises(ServerError) as info:
+            stream.append_json({"i": 1})
+        assert info.value.status == 502
+        assert len(proxy.rejections) == 1
+    finally:
+        proxy.stop()
+
+
+def test_a_server_that_stays_down() -> None:
+    """Nothing listens: every operation gives up after its retry budget with
+    ConnectionFailed, the producer's flush and close included."""
+    url = f"http://127.0.0.1:{free_port()}/v1/stream/{_name()}"
+    budget = RetryPolicy(max_attempts=3, initial_delay=0.01, max_delay=0.05)
+    retries: list[float] = []
+    stream = DurableStream(url, retry=budget, content_type="application/json",
+                           on_retry=lambda err, delay: retries.append(delay))
+    with pytest.raises(ConnectionFailed):
+        stream.append_json({"i": 1})
+    assert len(retries) == 2  # three tries: two retries, then the error
+    with pytest.raises(ConnectionFailed):
+        stream.head()
+    with pytest.raises(ConnectionFailed):
+        stream.read_json()
+    with pytest.raises(ConnectionFailed):
+        list(stream.read(live="sse"))
+
+    producer = stream.producer("down", retry=RetryPolicy(max_attempts=None, initial_delay=0.01,
+                                                         max_delay=0.05, max_elapsed=1.0))
+    producer.append_json({"i": 1})
+    with pytest.raises(ConnectionFailed):
+        producer.flush()
+    with pytest.raises(ConnectionFailed):
+        producer.close()
+    with pytest.raises(ConnectionFailed):
+        producer.append_json({"i": 2})  # a failed producer refuses more
+
+    # A bounded queue that raises: fills up while nothing lands.
+    full = stream.producer("down-raise", on_full="raise", max_queue_items=3, linger=10,
+                           retry=RetryPolicy(max_attempts=None, initial_delay=0.01,
+                                             max_delay=0.05, max_elapsed=60.0))
+    for i in range(3):
+        full.append_json({"i": i})
+    with pytest.raises(ProducerQueueFull):
+        full.append_json({"i": 3})
+    full.abort()
+
+    # A bounded queue that blocks: append waits, then raises the producer's error
+    # once the retry budget is spent.
+    blocking = stream.producer("down-block", max_queue_bytes=10,
+                               retry=RetryPolicy(max_attempts=None, initial_delay=0.01,
+                                                 max_delay=0.05, max_elapsed=1.0))
+    blocking.append_json({"i": 0, "pad": "xxxx"})
+    with pytest.raises(ConnectionFailed):
+        blocking.append_json({"i": 1, "pad": "xxxx"})
+    blocking.abort()
+
+
+def test_async_plain_append_retried_and_server_down(tight_server: ServerProcess) -> None:
+    name = _name()
+    _fill(f"{tight_server.url}/v1/stream/{name}", 1)
+    busy = (b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 5\r\n"
+            b"connection: close\r\n\r\nbusy\n")
+    proxy = ChaosProxy(tight_server.port, reject=busy, reject_count=2)
+    down = f"http://127.0.0.1:{free_port()}/v1/stream/{name}"
+
+    async def main() -> None:
+        async with AsyncDurableStream(f"{proxy.url}/v1/stream/{name}", retry=FAST_RETRY,
+                                      content_type="application/json") as stream:
+            await stream.append_json({"i": 1})
+        async with AsyncDurableStream(down, content_type="application/json",
+                                      retry=RetryPolicy(max_attempts=2,
+                                                        initial_delay=0.01)) as gone:
+            with pytest.raises(ConnectionFailed):
+                await gone.append_json({"i": 1})
+            producer = await gone.producer(
+                "down", retry=RetryPolicy(max_attempts=None, initial_delay=0.01,
+                                          max_delay=0.05, max_elapsed=1.0),
+                max_queue_items=2)
+            producer.append_json({"i": 1})
+            producer.append_json({"i": 2})
+            with pytest.raises(ProducerQueueFull):
+                producer.append_json({"i": 3})
+            with pytest.raises(ConnectionFailed):
+                await producer.room()
+            with pytest.raises(ConnectionFailed):
+                await producer.close()
+
+    try:
+        asyncio.run(main())
+        assert len(proxy.rejections) == 2
+    finally:
+        proxy.stop()
+    assert DurableStream(f"{tight_server.url}/v1/stream/{name}").read_json() == [
+        {"i": 0}, {"i": 1}]
+
+
+def test_producer_close_whose_answer_was_lost_counts_as_closed(
+        tight_server: ServerProcess) -> None:
+    """The close reaches the server but its answer never comes back: the retried
+    close is answered as a duplicate (or 409 closed), and both count as success.
+    A second close_stream sends nothing and returns the same final offset."""
+    name = _name()
+    _fill(f"{tight_server.url}/v1/stream/{name}", 2)
+    proxy = ChaosProxy(tight_server.port, drop_answer_to=b"stream-closed: true", drop_count=1)
+    try:
+        stream = DurableStream(f"{proxy.url}/v1/stream/{name}", retry=FAST_RETRY)
+        producer = stream.producer("closer", retry=FAST_RETRY)
+        producer.append_json({"i": 2})
+        result = producer.close_stream()
+        assert proxy.dropped == 1
+        assert result.closed and result.next_offset
+        before = len(proxy.log)
+        again = producer.close_stream()
+        assert again == result
+        assert len(proxy.log) == before  # nothing sent the second time
+    finally:
+        proxy.stop()
+    info = DurableStream(f"{tight_server.url}/v1/stream/{name}").head()
+    assert info.closed and info.next_offset == result.next_offset

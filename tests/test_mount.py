@@ -256,3 +256,14 @@ def test_lazy_start_without_lifespan(tmp_path: Path) -> None:
         assert streams._started
     # the data went to the durable store the mount started by itself
     assert any((tmp_path / "data").iterdir())
+
+
+def test_health_and_metrics_under_prefix(client: httpx.Client) -> None:
+    assert client.get(MOUNT + "/healthz").text == "ok\n"
+    assert client.get(MOUNT + "/readyz").status_code == 200
+    client.put(STREAMS + unique(), headers={"content-type": "text/plain"})
+    metrics = client.get(MOUNT + "/metrics")
+    assert metrics.status_code == 200
+    assert 'duralog_http_requests_total{method="PUT",status="201"}' in metrics.text
+    # the host's own namespace is untouched
+    assert client.get("/healthz").status_code == 404

@@ -13,12 +13,13 @@ import sys
 from .. import __version__
 
 # Subcommand modules, in the order `duralog --help` lists them.
-COMMANDS = ["serve", "streams", "token"]
+COMMANDS = ["serve", "streams", "state", "backup", "token"]
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="duralog", description="Durable Streams server, client and tools.")
+        prog="duralog", description="Durable Streams server, client and tools.",
+        epilog="Run 'duralog COMMAND --help' for a command's options and examples.")
     parser.add_argument("--version", action="version", version=f"duralog {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
@@ -37,7 +38,9 @@ def main(argv: list[str] | None = None) -> int:
                 e.startswith("-") and e != "-" for e in extra):
             args.data.extend(extra)
         else:
-            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+            # The subcommand's own usage line, not the top-level one.
+            _command_parser(parser, args.command).error(
+                f"unrecognized arguments: {' '.join(extra)}")
     if not getattr(args, "run", None):
         parser.print_help()
         return 2
@@ -45,6 +48,14 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.run(args) or 0)
     except KeyboardInterrupt:
         return 130
+
+
+def _command_parser(parser: argparse.ArgumentParser,
+                    command: str | None) -> argparse.ArgumentParser:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction) and command in action.choices:
+            return action.choices[command]
+    return parser
 
 
 if __name__ == "__main__":

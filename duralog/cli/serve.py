@@ -1,11 +1,41 @@
-"""``duralog serve``: run the server."""
+"""``duralog serve``: run the server.
+
+The process owns its lifecycle rather than leaving it to ``uvicorn.run``: the
+store is opened (and the data directory locked) before anything is printed, the
+socket is bound before the banner names it, and SIGINT/SIGTERM end live readers
+with their normal answers before uvicorn waits for open responses, then close
+the store; exit 0. A second signal exits at once.
+"""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import logging
+import os
+import signal
+import socket
 import sys
+import time
+from typing import Any
 
+from .. import __version__
 from ..server.config import Config, parse_size
+
+log = logging.getLogger("duralog")
+
+#: Seconds uvicorn waits for open responses after a signal; live readers end at
+#: once, so this only bounds a slow client or a very large response.
+GRACEFUL_SECONDS = 3.0
+
+
+def size(text: str) -> int:
+    """A byte size for argparse (``parse_size`` with an error message argparse shows)."""
+    try:
+        return parse_size(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a size: give bytes, or a number with k, MiB, G...") from None
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -14,18 +44,20 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description="Run the server. Every flag can also be set with an environment "
                     "variable (DURALOG_PORT, DURALOG_BACKEND, ...); flags win.")
     p.add_argument("--host", help="address to listen on (default 127.0.0.1; DURALOG_HOST)")
-    p.add_argument("--port", type=int, help="port (default 4437; DURALOG_PORT)")
+    p.add_argument("--port", type=int, help="port, 0 for any free one (default 4437; "
+                                            "DURALOG_PORT)")
     p.add_argument("--backend", choices=["memory", "sqlite"],
                    help="storage: sqlite (durable, the default) or memory (DURALOG_BACKEND)")
-    p.add_argument("--data-dir", help="where the durable backend keeps its files "
-                                      "(default ./duralog-data; DURALOG_DATA_DIR)")
+    p.add_argument("--data-dir", help="where the durable backend keeps its files; one "
+                                      "server per directory (default ./duralog-data; "
+                                      "DURALOG_DATA_DIR)")
     p.add_argument("--long-poll-timeout", type=float, metavar="SECONDS",
                    help="how long a long-poll waits for data (default 30; "
                         "DURALOG_LONG_POLL_TIMEOUT)")
-    p.add_argument("--chunk-size", type=parse_size, metavar="BYTES",
+    p.add_argument("--chunk-size", type=size, metavar="BYTES",
                    help="most bytes one catch-up read returns (default 1MiB; "
                         "DURALOG_CHUNK_SIZE)")
-    p.add_argument("--max-body-size", type=parse_size, metavar="BYTES",
+    p.add_argument("--max-body-size", type=size, metavar="BYTES",
                    help="largest append accepted, larger gets 413 (default 64MiB; "
                         "DURALOG_MAX_BODY_SIZE)")
     sec = p.add_argument_group("security (docs/security.md)")
@@ -53,50 +85,202 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                      help="request header field limit, more gets 431 (default 100)")
     sec.add_argument("--max-request-line", type=parse_size, metavar="BYTES",
                      help="request line limit, longer gets 414 (default 8KiB)")
-    p.add_argument("--log-level", default="warning",
-                   choices=["critical", "error", "warning", "info", "debug"])
+    p.add_argument("--console", action=argparse.BooleanOptionalAction, default=None,
+                   help="serve the web console at / (default on; DURALOG_CONSOLE)")
+    p.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"],
+                   help="least severe log lines written to stderr: info adds startup facts, "
+                        "debug adds every refused request with its reason (default warning; "
+                        "DURALOG_LOG_LEVEL)")
+    p.add_argument("--log-format", choices=["text", "json"],
+                   help="log lines as text or one JSON object per line (default text; "
+                        "DURALOG_LOG_FORMAT)")
+    p.add_argument("--access-log", action=argparse.BooleanOptionalAction, default=None,
+                   help="one line per request with method, path, status, bytes, duration "
+                        "and request id (default on; DURALOG_ACCESS_LOG)")
+    p.add_argument("--metrics", action=argparse.BooleanOptionalAction, default=None,
+                   help="Prometheus metrics at /metrics (default on; DURALOG_METRICS)")
+    p.add_argument("--forwarded-allow-ips", metavar="IPS",
+                   help="comma-separated addresses or networks (or *) of reverse proxies "
+                        "whose X-Forwarded-Proto/-Host and Forwarded headers are trusted "
+                        "for Location and other absolute URLs (default none; "
+                        "DURALOG_FORWARDED_ALLOW_IPS)")
+    p.add_argument("--proxy", action="store_true", default=None,
+                   help="serve the durable proxy at /v1/proxy (DURALOG_PROXY=1; docs/proxy.md)")
+    p.add_argument("--proxy-allow", metavar="GLOBS",
+                   help="upstream URLs the proxy may call, globs separated by commas, e.g. "
+                        "'https://api.openai.com/v1/**' (none: every upstream is refused; "
+                        "DURALOG_PROXY_ALLOW)")
+    p.add_argument("--proxy-secret", metavar="SECRET",
+                   help="service secret for creating and managing proxy streams, as ?secret= "
+                        "or a Bearer token (DURALOG_PROXY_SECRET)")
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    import uvicorn
-
-    from ..server.app import DuralogApp
-    from ..server.limits import LimitedHttpToolsProtocol
-
     try:
         config = Config.from_env(
             host=args.host, port=args.port, backend=args.backend, data_dir=args.data_dir,
             long_poll_timeout=args.long_poll_timeout, chunk_size=args.chunk_size,
-            max_body_size=args.max_body_size, auth=args.auth, cors_origins=args.cors_origins,
+            max_body_size=args.max_body_size, access_log=args.access_log,
+            metrics=args.metrics, log_format=args.log_format,
+            forwarded_allow_ips=args.forwarded_allow_ips, console=args.console,
+            auth=args.auth, cors_origins=args.cors_origins,
             allowed_hosts=args.allowed_hosts, max_connections=args.max_connections,
             header_timeout=args.header_timeout, body_timeout=args.body_timeout,
             send_timeout=args.send_timeout, max_header_bytes=args.max_header_bytes,
             max_header_fields=args.max_header_fields, max_request_line=args.max_request_line)
-        app = DuralogApp(config)  # wraps itself in the security layer (server/auth.py)
     except ValueError as err:
         print(f"duralog serve: {err}", file=sys.stderr)
         return 2
+    level = args.log_level or os.environ.get("DURALOG_LOG_LEVEL") or "warning"
+    if level not in ("critical", "error", "warning", "info", "debug"):
+        print(f"duralog serve: DURALOG_LOG_LEVEL={level!r} is not a log level", file=sys.stderr)
+        return 2
+    from ..server.observe import configure_logging
+
+    configure_logging(level, config.log_format, config.access_log)
+    _proxy_settings(args)
     limit = _raise_fd_limit()
     # Keep some descriptors for the store, logs and the listening socket.
     max_connections = config.max_connections or max(64, limit - 128)
-    protocol = LimitedHttpToolsProtocol.configure(config, max_connections)
     if not config.auth and not _is_loopback(config.host):
         print(f"duralog: WARNING: no --auth and listening on {config.host}: anyone who can "
               f"reach this port can read, write and delete every stream "
               f"(docs/security.md)", file=sys.stderr, flush=True)
-    where = config.data_dir if config.backend == "sqlite" else "memory"
-    print(f"duralog: serving Durable Streams on http://{config.host}:{config.port}"
-          f"{config.stream_prefix} ({config.backend}: {where})", file=sys.stderr, flush=True)
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvicorn[standard] brings it
+        return asyncio.run(_serve(config, level, max_connections))
+    return uvloop.run(_serve(config, level, max_connections))
+
+
+async def _serve(config: Config, level: str, max_connections: int) -> int:
+    import uvicorn
+
+    from ..server.app import DuralogApp
+    from ..server.limits import LimitedHttpToolsProtocol
+    from ..server.observe import flush_access_log
+
+    try:
+        app = DuralogApp(config)
+        await app.startup()
+    except Exception as exc:
+        print(f"duralog serve: {_startup_error(config, exc)}", file=sys.stderr, flush=True)
+        return 1
+    try:
+        sock = _bind(config.host, config.port)
+    except OSError as exc:
+        print(f"duralog serve: cannot listen on {config.host}:{config.port}: "
+              f"{exc.strerror or exc}", file=sys.stderr, flush=True)
+        await app.shutdown()
+        return 1
+    host, port = sock.getsockname()[:2]
+    where = os.path.abspath(config.data_dir) if config.backend == "sqlite" else "memory"
+    url = f"http://{_url_host(host)}:{port}{config.stream_prefix}"
+    banner = f"serving Durable Streams on {url} ({config.backend}: {where})"
+    if config.log_format == "json":  # one JSON object per line, the banner too
+        import orjson
+
+        print(orjson.dumps({"ts": round(time.time(), 6), "level": "info", "logger": "duralog",
+                            "message": banner, "url": url}).decode(),
+              file=sys.stderr, flush=True)
+    else:
+        print(f"duralog: {banner}", file=sys.stderr, flush=True)
+    log.info("duralog %s started: backend=%s data_dir=%s address=%s:%d pid=%d", __version__,
+             config.backend, where, host, port, os.getpid())
+
+    server: Any = _server(uvicorn.Config(
+        app, log_level=level, log_config=None, access_log=False, lifespan="off",
+        timeout_graceful_shutdown=GRACEFUL_SECONDS, backlog=4096,
+        # httptools with duralog's HTTP limits and timeouts (server/limits.py).
+        http=LimitedHttpToolsProtocol.configure(config, max_connections),
+        # No proxy-headers middleware (forwarded.py does what we need, for the
+        # addresses allowed) and no Server header: less work per request. A longer
+        # keep-alive, so a loaded server does not close a connection whose next
+        # request is already waiting (docs/benchmarks.md).
+        proxy_headers=False, server_header=False, timeout_keep_alive=30))
+    loop = asyncio.get_running_loop()
+    received: list[int] = []
+
+    def on_signal(signum: int) -> None:
+        received.append(signum)
+        if len(received) > 1:
+            os._exit(128 + signum)  # the second signal: no more waiting
+        log.warning("%s: shutting down (a second signal exits at once)",
+                    signal.Signals(signum).name)
+        app.begin_shutdown()  # live readers get their normal end now
+        server.should_exit = True
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, on_signal, signum)
     _tune_gc()
-    uvicorn.run(app, host=config.host, port=config.port, log_level=args.log_level,
-                access_log=False, lifespan="on", timeout_graceful_shutdown=2,
-                loop="uvloop", http=protocol, backlog=4096,
-                # No proxy-headers middleware and no Server header: less work per
-                # request. A longer keep-alive, so a loaded server does not close a
-                # connection whose next request is already waiting (docs/benchmarks.md).
-                proxy_headers=False, server_header=False, timeout_keep_alive=30)
+    try:
+        await server.serve(sockets=[sock])
+    finally:
+        await app.shutdown()  # in-flight appends are done: close the store
+        flush_access_log()
+    log.info("duralog stopped")
     return 0
+
+
+def _server(config: object) -> object:
+    """uvicorn's server without its own signal handling (``_serve`` installs ours:
+    uvicorn's re-raises the signal after shutdown, which would end the process
+    with the signal instead of exit 0)."""
+    import contextlib
+
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self):  # type: ignore[no-untyped-def]
+            yield
+
+    return Server(config)  # type: ignore[arg-type]
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(4096)  # accepting from now on: the banner may name the port
+        sock.set_inheritable(True)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def _startup_error(config: Config, exc: BaseException) -> str:
+    """One line naming what failed; for the durable backend, --data-dir and its path."""
+    if isinstance(exc, OSError):
+        reason = exc.strerror or str(exc)
+        if exc.filename:
+            reason = f"{reason}: {exc.filename}"
+    else:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if config.backend == "sqlite":
+        return f"--data-dir {config.data_dir}: {reason}"
+    return f"cannot start: {reason}"
+
+
+def _proxy_settings(args: argparse.Namespace) -> None:
+    """The proxy sub-app reads its settings from DURALOG_PROXY_* (duralog.proxy.config);
+    flags win, so they are written there before the app is built."""
+    import os
+
+    if getattr(args, "proxy", None):
+        os.environ["DURALOG_PROXY"] = "1"
+    if getattr(args, "proxy_allow", None):
+        os.environ["DURALOG_PROXY_ALLOW"] = args.proxy_allow
+    if getattr(args, "proxy_secret", None):
+        os.environ["DURALOG_PROXY_SECRET"] = args.proxy_secret
 
 
 def _tune_gc() -> None:

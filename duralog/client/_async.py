@@ -51,7 +51,8 @@ class AsyncDurableStream:
     def __init__(self, url: str, *, headers: AsyncValueSource = None,
                  params: AsyncValueSource = None, content_type: str | None = None,
                  retry: C.RetryPolicy | None = None, timeout: float | None = 90.0,
-                 client: httpx.AsyncClient | None = None) -> None:
+                 client: httpx.AsyncClient | None = None,
+                 on_retry: C.RetryHook | None = None) -> None:
         self.url = C.validate_url(url)
         C.validate_value_source(headers, "headers")
         C.validate_value_source(params, "params")
@@ -63,6 +64,7 @@ class AsyncDurableStream:
         self.content_type = content_type
         self.retry = retry or C.RetryPolicy()
         self.timeout = timeout
+        self.on_retry = on_retry
         self._owns_client = client is None
         self._client = client or httpx.AsyncClient(timeout=timeout)
 
@@ -81,7 +83,12 @@ class AsyncDurableStream:
 
     def _sibling(self, url: str) -> AsyncDurableStream:
         return AsyncDurableStream(url, headers=self.headers, params=self.params,
-                                  retry=self.retry, timeout=self.timeout, client=self._client)
+                                  retry=self.retry, timeout=self.timeout, client=self._client,
+                                  on_retry=self.on_retry)
+
+    def _notify_retry(self, error: Exception, delay: float) -> None:
+        if self.on_retry is not None:
+            self.on_retry(error, delay)
 
     # -- HTTP ------------------------------------------------------------------------
     async def _build(self, req: C.Request) -> httpx.Request:
@@ -99,26 +106,28 @@ class AsyncDurableStream:
                                      connect_failure=isinstance(exc, _CONNECT_FAILURES)) from exc
 
     async def _send(self, req: C.Request, policy: C.RetryPolicy | None = None) -> httpx.Response:
-        policy = policy or self.retry
-        attempt = 0
+        backoff = C.Backoff(policy or self.retry)
         while True:
-            attempt += 1
             try:
                 resp = await self._exchange(req)
             except E.ConnectionFailed as err:
-                if C.should_retry(req.retry, status=None, connect_failure=err.connect_failure) and \
-                        policy.allows(attempt + 1):
-                    await asyncio.sleep(policy.delay(attempt))
-                    continue
-                raise
-            if resp.status_code < 400:
-                return resp
-            err = C.error_for(req.method, req.url, resp.status_code, resp.headers, resp.content)
-            if C.should_retry(req.retry, status=resp.status_code, connect_failure=False) and \
-                    policy.allows(attempt + 1):
-                await asyncio.sleep(policy.delay(attempt, C.retry_after_of(err)))
-                continue
-            raise err
+                if not C.should_retry(req.retry, status=None,
+                                      connect_failure=err.connect_failure):
+                    raise
+                error: E.DurableStreamError = err
+            else:
+                if resp.status_code < 400:
+                    return resp
+                error = C.error_for(req.method, req.url, resp.status_code, resp.headers,
+                                    resp.content)
+                if not C.should_retry(req.retry, status=resp.status_code,
+                                      connect_failure=False):
+                    raise error
+            delay = backoff.next_delay(error)
+            if delay is None:
+                raise error
+            self._notify_retry(error, delay)
+            await asyncio.sleep(delay)
 
     async def _known_content_type(self) -> str:
         if self.content_type is None:
@@ -224,6 +233,8 @@ class AsyncReader:
     closed = property(lambda self: self._state.closed)
     up_to_date = property(lambda self: self._state.up_to_date)
     content_type = property(lambda self: self._state.content_type)
+    status = property(lambda self: self._state.status)  # of the last response (204: timed out)
+    headers = property(lambda self: self._state.headers)
 
     def __aiter__(self) -> AsyncIterator[C.Chunk]:
         if self._gen is None:
@@ -269,14 +280,13 @@ class AsyncReader:
     async def _chunks(self) -> AsyncIterator[C.Chunk]:
         state = self._state
         stream = self._stream
-        policy = stream.retry
-        failures = 0
+        backoff = C.Backoff(stream.retry)
         while not state.done:
             req = state.next_request()
             try:
                 if req.stream:
                     async for chunk in self._sse(req):
-                        failures = 0
+                        backoff.reset()
                         yield chunk
                     if not state.on_sse_end() and not state.done:
                         raise E.ConnectionFailed(f"GET {req.url}: SSE ended without events",
@@ -290,18 +300,19 @@ class AsyncReader:
                         chunk = state.on_response(resp.status_code, resp.headers, resp.content)
                     finally:
                         await resp.aclose()
-                    failures = 0
+                    backoff.reset()
                     if chunk is not None:
                         yield chunk
                     continue
-                failures = 0
+                backoff.reset()
             except E.DurableStreamError as err:
                 if not err.retryable:
                     raise
-                failures += 1
-                if not policy.allows(failures + 1):
+                delay = backoff.next_delay(err)
+                if delay is None:
                     raise
-                await asyncio.sleep(policy.delay(failures, C.retry_after_of(err)))
+                stream._notify_retry(err, delay)
+                await asyncio.sleep(delay)
 
     async def _sse(self, req: C.Request) -> AsyncIterator[C.Chunk]:
         state = self._state
@@ -340,20 +351,23 @@ class AsyncIdempotentProducer:
 
     ``append`` is a plain method (queue and return); ``flush``, ``close`` and
     ``close_stream`` are coroutines. Create it inside a running event loop,
-    usually with ``await stream.producer(...)``.
+    usually with ``await stream.producer(...)``. A plain method cannot wait,
+    so at the queue bound ``append`` raises ``ProducerQueueFull``; ``await
+    producer.room()`` first waits until there is room (the blocking behaviour).
     """
 
     def __init__(self, stream: AsyncDurableStream, producer_id: str, *, content_type: str,
                  epoch: int = 0, auto_claim: bool = False, max_batch_bytes: int = 1 << 20,
                  linger: float = 0.005, max_in_flight: int = 5,
                  on_error: Callable[[Exception], None] | None = None,
-                 retry: C.RetryPolicy | None = None) -> None:
+                 retry: C.RetryPolicy | None = None, max_queue_bytes: int = 64 << 20,
+                 max_queue_items: int = 100_000) -> None:
         options = C.ProducerOptions(producer_id, epoch, auto_claim, max_batch_bytes, linger,
-                                    max_in_flight)
+                                    max_in_flight, max_queue_bytes, max_queue_items, "raise")
         if retry is not None and not isinstance(retry, C.RetryPolicy):
             raise ValueError("retry must be a RetryPolicy")
         self._stream = stream
-        self._retry = retry or C.RetryPolicy(max_attempts=None, max_delay=5.0)
+        self._retry = retry or C.PRODUCER_RETRY
         self._core = C.ProducerCore(options, content_type)
         self._on_error = on_error
         self._changed = asyncio.Event()  # set on every state change; waiters re-check
@@ -368,6 +382,8 @@ class AsyncIdempotentProducer:
     next_seq = property(lambda self: self._core.next_seq)
     last_offset = property(lambda self: self._core.last_offset)
     error = property(lambda self: self._error)
+    sent_messages = property(lambda self: self._core.sent_messages)
+    sent_bytes = property(lambda self: self._core.sent_bytes)
 
     def _notify(self) -> None:
         self._changed.set()
@@ -400,8 +416,25 @@ class AsyncIdempotentProducer:
             raise self._error
         if self._stopping:
             raise RuntimeError("the producer is closed")
+        if not self._core.has_room(len(entry)):
+            raise E.ProducerQueueFull(
+                f"producer queue full ({self._core.queued_items} messages, "
+                f"{self._core.queued_bytes} bytes not yet landed)", url=self._stream.url)
         self._core.add(entry, time.monotonic())
         self._notify()
+
+    async def room(self, size: int = 1) -> None:
+        """Wait until a message of ``size`` bytes fits the queue bound; raise the
+        producer's error if it failed meanwhile."""
+        self._forcing += 1
+        self._notify()
+        try:
+            await self._wait_until(lambda: self._error is not None
+                                   or self._core.has_room(size))
+        finally:
+            self._forcing -= 1
+        if self._error is not None:
+            raise self._error
 
     async def flush(self, timeout: float | None = None) -> None:
         self._forcing += 1
@@ -426,6 +459,9 @@ class AsyncIdempotentProducer:
 
     async def close_stream(self, final: bytes | str | None = None, *,
                            json: Any = C.MISSING_JSON) -> C.AppendResult:
+        if self._core.closed_result is not None:
+            # Our close already landed: the same answer, nothing sent (5.2.1 closure).
+            return self._core.closed_result
         try:
             await self.flush()
             if json is not C.MISSING_JSON:
@@ -485,7 +521,7 @@ class AsyncIdempotentProducer:
     async def _deliver(self, batch: C.Batch) -> C.AppendResult:
         core = self._core
         stream = self._stream
-        failures = 0
+        backoff = C.Backoff(self._retry)
         try:
             while True:
                 req = core.request(stream.url, batch)
@@ -500,6 +536,7 @@ class AsyncIdempotentProducer:
                 if outcome.kind == "ok":
                     assert outcome.result is not None
                     core.landed(batch, outcome.result)
+                    core.release(batch)
                     self._in_flight -= 1
                     self._notify()
                     return outcome.result
@@ -513,15 +550,18 @@ class AsyncIdempotentProducer:
                         raise self._error
                     continue
                 if outcome.kind == "retry":
-                    failures += 1
-                    if self._retry.allows(failures + 1):
-                        await asyncio.sleep(self._retry.delay(failures, outcome.retry_after))
+                    assert outcome.error is not None
+                    delay = backoff.next_delay(outcome.error)
+                    if delay is not None:
+                        stream._notify_retry(outcome.error, delay)
+                        await asyncio.sleep(delay)
                         continue
                 assert outcome.error is not None
                 raise outcome.error
         except Exception as exc:
             if self._error is None:
                 self._error = exc
+            core.release(batch)
             self._in_flight -= 1
             self._notify()
             raise

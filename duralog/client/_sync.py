@@ -1,16 +1,19 @@
-"""The blocking client: ``DurableStream``, its ``Reader`` and ``IdempotentProducer``.
+"""The blocking client: ``DurableStream`` and its ``Reader``.
 
 All protocol decisions come from ``_core``; this module only does I/O on an
-``httpx.Client``, sleeps between retries, and runs producer batches on threads.
+``httpx.Client``, sleeps between retries, and runs a reader's requests on a
+helper thread. The producer is in ``_sync_producer``.
 """
 
 from __future__ import annotations
 
 import codecs
+import contextlib
+import queue
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
 from typing import Any
 
@@ -20,6 +23,7 @@ from ..protocol.offsets import START
 from ..protocol.sse_reader import SSEReader
 from . import _core as C
 from . import errors as E
+from ._sync_producer import IdempotentProducer
 
 HeaderValue = str | Callable[[], str | None] | None
 ValueSource = Mapping[str, HeaderValue] | Callable[[], Mapping[str, str | None]] | None
@@ -42,11 +46,13 @@ class DurableStream:
     functions run on every request (reads, writes, retries and reconnects), so a
     token provider can refresh credentials. ``retry`` governs retries of
     connection errors, 5xx and 429; ``timeout`` is per network operation.
+    ``on_retry(error, delay)`` runs before each retry (to tell a user, or log).
     """
 
     def __init__(self, url: str, *, headers: ValueSource = None, params: ValueSource = None,
                  content_type: str | None = None, retry: C.RetryPolicy | None = None,
-                 timeout: float | None = 90.0, client: httpx.Client | None = None) -> None:
+                 timeout: float | None = 90.0, client: httpx.Client | None = None,
+                 on_retry: C.RetryHook | None = None) -> None:
         self.url = C.validate_url(url)
         C.validate_value_source(headers, "headers")
         C.validate_value_source(params, "params")
@@ -58,6 +64,7 @@ class DurableStream:
         self.content_type = content_type
         self.retry = retry or C.RetryPolicy()
         self.timeout = timeout
+        self.on_retry = on_retry
         self._owns_client = client is None
         self._client = client or httpx.Client(timeout=timeout)
 
@@ -79,7 +86,11 @@ class DurableStream:
     def _sibling(self, url: str) -> DurableStream:
         """A handle on another stream of the same server, sharing client and options."""
         return DurableStream(url, headers=self.headers, params=self.params, retry=self.retry,
-                             timeout=self.timeout, client=self._client)
+                             timeout=self.timeout, client=self._client, on_retry=self.on_retry)
+
+    def _notify_retry(self, error: Exception, delay: float) -> None:
+        if self.on_retry is not None:
+            self.on_retry(error, delay)
 
     # -- HTTP ------------------------------------------------------------------------
     def _build(self, req: C.Request) -> httpx.Request:
@@ -99,26 +110,28 @@ class DurableStream:
 
     def _send(self, req: C.Request, policy: C.RetryPolicy | None = None) -> httpx.Response:
         """Send with retries; the response (status < 400), or the mapped error."""
-        policy = policy or self.retry
-        attempt = 0
+        backoff = C.Backoff(policy or self.retry)
         while True:
-            attempt += 1
             try:
                 resp = self._exchange(req)
             except E.ConnectionFailed as err:
-                if C.should_retry(req.retry, status=None, connect_failure=err.connect_failure) and \
-                        policy.allows(attempt + 1):
-                    time.sleep(policy.delay(attempt))
-                    continue
-                raise
-            if resp.status_code < 400:
-                return resp
-            err = C.error_for(req.method, req.url, resp.status_code, resp.headers, resp.content)
-            if C.should_retry(req.retry, status=resp.status_code, connect_failure=False) and \
-                    policy.allows(attempt + 1):
-                time.sleep(policy.delay(attempt, C.retry_after_of(err)))
-                continue
-            raise err
+                if not C.should_retry(req.retry, status=None,
+                                      connect_failure=err.connect_failure):
+                    raise
+                error: E.DurableStreamError = err
+            else:
+                if resp.status_code < 400:
+                    return resp
+                error = C.error_for(req.method, req.url, resp.status_code, resp.headers,
+                                    resp.content)
+                if not C.should_retry(req.retry, status=resp.status_code,
+                                      connect_failure=False):
+                    raise error
+            delay = backoff.next_delay(error)
+            if delay is None:
+                raise error
+            self._notify_retry(error, delay)
+            time.sleep(delay)
 
     def _known_content_type(self) -> str:
         if self.content_type is None:
@@ -179,9 +192,11 @@ class DurableStream:
                content_type: str | None = None) -> C.AppendResult:
         """POST bytes (PROTOCOL.md 5.2); ``close=True`` appends and closes atomically.
 
-        Plain appends are not idempotent: after a connection cut that may have
-        reached the server they are not retried. Use ``producer()`` for appends
-        that are retried safely.
+        A plain append is retried when the server cannot have applied it (no
+        connection made; 429, 500 or 503, which duralog answers before any write
+        commits). After a connection cut once the request went out, or a 502/504
+        from a proxy, it is not retried: it may have landed. Use ``producer()``
+        for appends that are retried safely in every case.
         """
         body = C.encode_body(data)
         req = C.append_request(self.url, body, close=close, seq=seq,
@@ -213,14 +228,16 @@ class DurableStream:
 
     # -- reads -------------------------------------------------------------------------
     def read(self, offset: str = START, *, live: C.LiveMode = None,
-             cursor: str | None = None) -> Reader:
+             cursor: str | None = None, timeout: float | None = None) -> Reader:
         """Read from ``offset`` ('-1', 'now' or a saved offset).
 
         ``live``: None reads what is there and stops; "long-poll" and "sse" follow
         the stream live; "auto" catches up, then follows live. Every mode stops at
-        the end of a closed stream.
+        the end of a closed stream. ``timeout``: the most seconds to wait for each
+        next chunk before ``TimeoutError`` (None: no bound).
         """
-        return Reader(self, C.ReadState(self.url, offset, live, cursor, self.content_type))
+        return Reader(self, C.ReadState(self.url, offset, live, cursor, self.content_type),
+                      timeout)
 
     def read_all(self, offset: str = START) -> bytes:
         """Everything from ``offset`` to the current tail, as bytes."""
@@ -241,32 +258,77 @@ class Reader:
 
     ``offset`` is where to resume after what was delivered so far; ``closed``
     turns true at the stream's end; ``up_to_date`` when the reader had caught up
-    at its last response.
+    at its last response; ``status`` and ``headers`` are those of the last
+    response (a long-poll that timed out is a 204, PROTOCOL.md 5.7).
+
+    The HTTP requests run on a helper thread, one chunk ahead of the caller,
+    so that waiting for the next chunk can be bounded and ended: ``timeout``
+    is the most seconds ``next()`` waits before raising ``TimeoutError`` (the
+    reader stays usable), ``close()`` may be called from any thread and ends
+    the iteration within a fraction of a second, and Ctrl-C interrupts at once.
+    A reader dropped without ``close()`` stops its thread when it is collected.
     """
 
-    def __init__(self, stream: DurableStream, state: C.ReadState) -> None:
+    def __init__(self, stream: DurableStream, state: C.ReadState,
+                 timeout: float | None = None) -> None:
+        C.validate_timeout(timeout)
         self._stream = stream
-        self._state = state
-        self._gen: Iterator[C.Chunk] | None = None
+        self._timeout = timeout
+        # The helper thread holds the pump, never the reader, so an abandoned
+        # reader is collected and its __del__ stops the thread.
+        self._pump = _ReadPump(stream, state)
+        self._finished = False
+        self._view = self._pump.snapshot()
 
-    offset = property(lambda self: self._state.offset)
-    cursor = property(lambda self: self._state.cursor)
-    closed = property(lambda self: self._state.closed)
-    up_to_date = property(lambda self: self._state.up_to_date)
-    content_type = property(lambda self: self._state.content_type)
+    offset = property(lambda self: self._view["offset"])
+    cursor = property(lambda self: self._view["cursor"])
+    closed = property(lambda self: self._view["closed"])
+    up_to_date = property(lambda self: self._view["up_to_date"])
+    content_type = property(lambda self: self._view["content_type"])
+    status = property(lambda self: self._view["status"])
+    headers = property(lambda self: self._view["headers"])
 
-    def __iter__(self) -> Iterator[C.Chunk]:
-        if self._gen is None:
-            self._gen = self._chunks()
-        return self._gen
+    def __iter__(self) -> Reader:
+        return self
 
     def __next__(self) -> C.Chunk:
-        return next(iter(self))
+        pump = self._pump
+        if self._finished or pump.stopped.is_set():
+            self._finished = True
+            raise StopIteration
+        pump.start()
+        deadline = None if self._timeout is None else time.monotonic() + self._timeout
+        while True:
+            wait = _POLL
+            if deadline is not None:
+                wait = min(wait, max(deadline - time.monotonic(), 0.0))
+            try:
+                kind, value, view = pump.queue.get(timeout=wait)
+            except queue.Empty:
+                if pump.stopped.is_set():
+                    self._finished = True
+                    raise StopIteration from None
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise TimeoutError(f"no data from {self._stream.url} within "
+                                       f"{self._timeout} s") from None
+                continue
+            self._view = view
+            if kind == "chunk":
+                if value is None:
+                    continue  # a response without data: only the view moved
+                return value
+            self._finished = True
+            if kind == "end":
+                raise StopIteration
+            raise value
 
     def close(self) -> None:
-        """Stop reading and drop the connection."""
-        if self._gen is not None:
-            self._gen.close()  # type: ignore[attr-defined]
+        """Stop reading and drop the connection. Safe from any thread."""
+        self._pump.stop()
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            self._pump.stop()
 
     def __enter__(self) -> Reader:
         return self
@@ -301,19 +363,76 @@ class Reader:
         for chunk in self:
             yield from chunk.json()
 
-    # -- the loop ----------------------------------------------------------------------------
-    def _chunks(self) -> Iterator[C.Chunk]:
-        state = self._state
-        stream = self._stream
-        policy = stream.retry
-        failures = 0
-        while not state.done:
+
+_POLL = 0.1  # seconds between checks for close() while a reader waits
+
+
+class _ReadPump:
+    """A reader's helper thread: does the requests, hands chunks over a queue of one."""
+
+    def __init__(self, stream: DurableStream, state: C.ReadState) -> None:
+        self.stream = stream
+        self.state = state
+        self.queue: queue.Queue[tuple[str, Any, dict[str, Any]]] = queue.Queue(maxsize=1)
+        self.stopped = threading.Event()
+        self.thread: threading.Thread | None = None
+        self.resp: httpx.Response | None = None  # the open SSE response, to abort on stop
+
+    def snapshot(self) -> dict[str, Any]:
+        s = self.state
+        return {"offset": s.offset, "cursor": s.cursor, "closed": s.closed,
+                "up_to_date": s.up_to_date, "content_type": s.content_type,
+                "status": s.status, "headers": s.headers}
+
+    def start(self) -> None:
+        if self.thread is None:
+            self.thread = threading.Thread(target=self.run, name="duralog-reader", daemon=True)
+            self.thread.start()
+
+    def stop(self) -> None:
+        self.stopped.set()
+        resp = self.resp
+        if resp is not None:
+            # Wake the thread out of a blocking socket read (closing the response
+            # from another thread would not).
+            with contextlib.suppress(Exception):
+                sock = resp.extensions["network_stream"].get_extra_info("socket")
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def put(self, kind: str, value: Any) -> bool:
+        item = (kind, value, self.snapshot())
+        while not self.stopped.is_set():
+            try:
+                self.queue.put(item, timeout=_POLL)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def run(self) -> None:
+        try:
+            for chunk in self.chunks():
+                if not self.put("chunk", chunk):
+                    return
+            self.put("end", None)
+        except BaseException as exc:  # handed to the caller's thread
+            if not self.stopped.is_set():
+                self.put("error", exc)
+
+    def chunks(self) -> Iterator[C.Chunk | None]:
+        """Chunks, and None after a response that carried no data."""
+        state = self.state
+        stream = self.stream
+        backoff = C.Backoff(stream.retry)
+        while not state.done and not self.stopped.is_set():
             req = state.next_request()
             try:
                 if req.stream:
-                    for chunk in self._sse(req):
-                        failures = 0
+                    for chunk in self.sse(req):
+                        backoff.reset()
                         yield chunk
+                    if self.stopped.is_set():
+                        return
                     if not state.on_sse_end() and not state.done:
                         # The server ended the connection without a word: back off.
                         raise E.ConnectionFailed(f"GET {req.url}: SSE ended without events",
@@ -327,26 +446,30 @@ class Reader:
                         chunk = state.on_response(resp.status_code, resp.headers, resp.content)
                     finally:
                         resp.close()
-                    failures = 0
-                    if chunk is not None:
-                        yield chunk
+                    backoff.reset()
+                    yield chunk
                     continue
-                failures = 0
+                backoff.reset()
             except E.DurableStreamError as err:
+                if self.stopped.is_set():
+                    return
                 if not err.retryable:
                     raise
-                failures += 1
-                if not policy.allows(failures + 1):
+                delay = backoff.next_delay(err)
+                if delay is None:
                     raise
-                time.sleep(policy.delay(failures, C.retry_after_of(err)))
+                stream._notify_retry(err, delay)
+                if self.stopped.wait(delay):
+                    return
 
-    def _sse(self, req: C.Request) -> Iterator[C.Chunk]:
-        state = self._state
+    def sse(self, req: C.Request) -> Iterator[C.Chunk]:
+        state = self.state
         if state.content_type is None:
             # SSE answers text/event-stream; how to frame the data (JSON arrays or
             # text) depends on the stream's own type, so learn it once (5.5).
-            state.content_type = self._stream._known_content_type()
-        resp = self._stream._exchange(req, stream=True)
+            state.content_type = self.stream._known_content_type()
+        resp = self.stream._exchange(req, stream=True)
+        self.resp = resp
         try:
             if resp.status_code >= 400:
                 resp.read()
@@ -369,214 +492,5 @@ class Reader:
                 raise E.ConnectionFailed(f"GET {req.url}: SSE connection lost: {exc}",
                                          url=req.url, method="GET") from exc
         finally:
+            self.resp = None
             resp.close()
-
-
-class IdempotentProducer:
-    """Fire-and-forget appends, batched, pipelined and deduplicated (PROTOCOL.md 5.2.1).
-
-    ``append`` queues a message and returns at once. Messages are sent in
-    batches when ``max_batch_bytes`` is reached or ``linger`` seconds passed;
-    up to ``max_in_flight`` batches travel at once, each with its own
-    Producer-Seq. Failed batches are retried with the same (id, epoch, seq), so
-    the server drops any copy it already has. With ``auto_claim`` a producer
-    that lost its epoch (a restart) takes the server's epoch + 1. ``flush``
-    waits until everything queued has landed and raises the first failure.
-    """
-
-    def __init__(self, stream: DurableStream, producer_id: str, *, epoch: int = 0,
-                 auto_claim: bool = False, max_batch_bytes: int = 1 << 20,
-                 linger: float = 0.005, max_in_flight: int = 5,
-                 content_type: str | None = None,
-                 on_error: Callable[[Exception], None] | None = None,
-                 retry: C.RetryPolicy | None = None) -> None:
-        options = C.ProducerOptions(producer_id, epoch, auto_claim, max_batch_bytes, linger,
-                                    max_in_flight)
-        if retry is not None and not isinstance(retry, C.RetryPolicy):
-            raise ValueError("retry must be a RetryPolicy")
-        self._stream = stream
-        self._retry = retry or C.RetryPolicy(max_attempts=None, max_delay=5.0)
-        self._core = C.ProducerCore(options, content_type or stream._known_content_type())
-        self._on_error = on_error
-        self._cond = threading.Condition()
-        self._in_flight = 0
-        self._error: Exception | None = None
-        self._forcing = 0
-        self._stopping = False
-        self._stopped = False
-        self._executor = ThreadPoolExecutor(max_in_flight, thread_name_prefix="duralog-producer")
-        self._dispatcher = threading.Thread(target=self._dispatch, name="duralog-producer",
-                                            daemon=True)
-        self._dispatcher.start()
-
-    @property
-    def epoch(self) -> int:
-        return self._core.epoch
-
-    @property
-    def next_seq(self) -> int:
-        return self._core.next_seq
-
-    @property
-    def last_offset(self) -> str | None:
-        """The largest Stream-Next-Offset an accepted batch returned."""
-        return self._core.last_offset
-
-    @property
-    def error(self) -> Exception | None:
-        return self._error
-
-    # -- queueing -----------------------------------------------------------------------
-    def append(self, data: bytes | str) -> None:
-        """Queue bytes (or text); one message of a JSON stream must be JSON text."""
-        entry = C.encode_body(data)
-        if not entry:
-            raise ValueError("cannot append an empty message")
-        self._add(entry)
-
-    def append_json(self, value: Any) -> None:
-        """Queue one JSON value as one message."""
-        self._add(C.dumps_json(value))
-
-    def _add(self, entry: bytes) -> None:
-        with self._cond:
-            if self._error is not None:
-                raise self._error
-            if self._stopping:
-                raise RuntimeError("the producer is closed")
-            self._core.add(entry, time.monotonic())
-            self._cond.notify_all()
-
-    def flush(self, timeout: float | None = None) -> None:
-        """Send everything queued and wait until it landed; raise the first failure."""
-        with self._cond:
-            self._forcing += 1
-            self._cond.notify_all()
-            try:
-                done = self._cond.wait_for(
-                    lambda: self._error is not None
-                    or (not self._core.pending and self._in_flight == 0), timeout)
-            finally:
-                self._forcing -= 1
-            if self._error is not None:
-                raise self._error
-            if not done:
-                raise TimeoutError("producer flush timed out")
-
-    def close(self) -> None:
-        """Flush, then stop the producer's threads (the stream stays open)."""
-        try:
-            if not self._stopped:
-                self.flush()
-        finally:
-            self._stop()
-
-    def close_stream(self, final: bytes | str | None = None, *,
-                     json: Any = C.MISSING_JSON) -> C.AppendResult:
-        """Flush, then close the stream with producer headers, optionally appending
-        a final message in the same step (5.2.1 closure); the producer stops."""
-        try:
-            self.flush()
-            if json is not C.MISSING_JSON:
-                entry: bytes | None = C.dumps_json(json)
-            else:
-                entry = None if final is None else C.encode_body(final)
-            with self._cond:
-                batch = self._core.close_batch(entry)
-                self._in_flight += 1
-            return self._deliver(batch)
-        finally:
-            self._stop()
-
-    def __enter__(self) -> IdempotentProducer:
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, *rest: object) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self._stop()
-
-    def _stop(self) -> None:
-        with self._cond:
-            self._stopping = True
-            self._cond.notify_all()
-        self._dispatcher.join()
-        self._executor.shutdown(wait=True)
-        self._stopped = True
-
-    # -- threads ---------------------------------------------------------------------------
-    def _dispatch(self) -> None:
-        core = self._core
-        with self._cond:
-            while True:
-                now = time.monotonic()
-                can = core.can_dispatch(self._in_flight)
-                if self._error is None and can and core.ready(
-                        now, self._forcing > 0 or self._stopping):
-                    batch = core.take_batch()
-                    self._in_flight += 1
-                    self._executor.submit(self._run_batch, batch)
-                    continue
-                if self._stopping and self._in_flight == 0 and (
-                        not core.pending or self._error is not None):
-                    return
-                wait = core.linger_left(now) if can and self._error is None else None
-                self._cond.wait(wait)
-
-    def _run_batch(self, batch: C.Batch) -> None:
-        try:
-            self._deliver(batch)
-        except Exception as exc:
-            if self._on_error is not None:
-                self._on_error(exc)
-
-    def _deliver(self, batch: C.Batch) -> C.AppendResult:
-        """Send one batch until it lands or fails for good; keeps in-flight counts."""
-        core = self._core
-        stream = self._stream
-        failures = 0
-        try:
-            while True:
-                with self._cond:
-                    req = core.request(stream.url, batch)
-                    batch.transmissions += 1
-                try:
-                    resp = stream._exchange(req)
-                except E.ConnectionFailed as err:
-                    outcome = C.Outcome("retry", error=err)
-                else:
-                    with self._cond:
-                        outcome = core.outcome(batch, resp.status_code, resp.headers,
-                                               resp.content, stream.url)
-                if outcome.kind == "ok":
-                    assert outcome.result is not None
-                    with self._cond:
-                        core.landed(batch, outcome.result)
-                        self._in_flight -= 1
-                        self._cond.notify_all()
-                    return outcome.result
-                if outcome.kind == "claim":
-                    continue
-                if outcome.kind == "wait":
-                    with self._cond:
-                        epoch = batch.epoch
-                        self._cond.wait_for(lambda e=epoch, w=outcome.wait_for:
-                                            self._error is not None or core.landed_all(e, w))
-                        if self._error is not None:
-                            raise self._error
-                    continue
-                if outcome.kind == "retry":
-                    failures += 1
-                    if self._retry.allows(failures + 1):
-                        time.sleep(self._retry.delay(failures, outcome.retry_after))
-                        continue
-                assert outcome.error is not None
-                raise outcome.error
-        except Exception as exc:
-            with self._cond:
-                if self._error is None:
-                    self._error = exc
-                self._in_flight -= 1
-                self._cond.notify_all()
-            raise

@@ -123,6 +123,11 @@ class ConnectionFailed(DurableStreamError):
         return True
 
 
+class ProducerQueueFull(DurableStreamError):
+    """An idempotent producer's queue is at its bound (``max_queue_bytes`` or
+    ``max_queue_items``) and it was told to raise rather than block (``on_full="raise"``)."""
+
+
 class ProtocolViolation(DurableStreamError):
     """The server answered something the protocol does not allow (a missing offset, ...)."""
 
@@ -142,6 +147,7 @@ __all__ = [
     "Forbidden",
     "PayloadTooLarge",
     "ProducerFenced",
+    "ProducerQueueFull",
     "ProtocolViolation",
     "RateLimited",
     "SchemaError",

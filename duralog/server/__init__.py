@@ -2,5 +2,6 @@
 
 from .app import DuralogApp, create_app
 from .config import Config
+from .context import ServerContext
 
-__all__ = ["Config", "DuralogApp", "create_app"]
+__all__ = ["Config", "DuralogApp", "ServerContext", "create_app"]

@@ -32,13 +32,16 @@ from .. import offload
 from ..protocol.errors import ProtocolError
 from ..protocol.paths import stream_name
 from ..protocol.state import CreateRequest, StreamState
+from ..proxy.mount import proxy_app
 from ..store import Store, open_store
 from .auth import secure
 from .config import Config
+from .console import ConsoleApp
 from .context import ServerContext
 from .health import HealthApp, MetricsApp, ReadyApp
 from .http import (
     METHODS,
+    ASGIApp,
     Disconnected,
     Receive,
     Request,
@@ -48,6 +51,7 @@ from .http import (
     relative_path,
 )
 from .live import LiveReads
+from .observe import ObserveLayer, ServerMetrics
 from .streams import REGISTRY, StreamOps, name_is_registry
 
 log = logging.getLogger("duralog")
@@ -67,18 +71,21 @@ class SubApp(Protocol):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None: ...
 
 
-# The mount table: path prefix (relative to the app's root) -> sub-app factory.
-# ``{streams}`` stands for config.stream_prefix without its final slash. These
-# paths are outside the stream root (or in its reserved __ds segment, PROTOCOL.md 6),
-# so they never collide with a stream name.
-MOUNTS: list[tuple[str, Callable[[ServerContext], SubApp]]] = [
-    ("/healthz", HealthApp),
-    ("/readyz", ReadyApp),
-    ("/metrics", MetricsApp),
+# The mount table: path prefix (relative to the app's root), sub-app factory, and
+# whether the configuration turns it on. ``{streams}`` stands for
+# config.stream_prefix without its final slash. These paths are outside the
+# stream root (or in its reserved __ds segment, PROTOCOL.md 6), so they never
+# collide with a stream name.
+MOUNTS: list[tuple[str, Callable[[ServerContext], SubApp], Callable[[Config], bool]]] = [
+    ("/healthz", HealthApp, lambda config: True),
+    ("/readyz", ReadyApp, lambda config: True),
+    ("/metrics", MetricsApp, lambda config: True),
     # ("{streams}/__ds", SubscriptionsApp),  # subscriptions issue
-    # ("/v1/proxy", ProxyApp),               # proxy issue
+    # PROXY-PROTOCOL.md; mounted always, answering 404 unless enabled (--proxy).
+    ("/v1/proxy", proxy_app, lambda config: True),
     # ("/v1/yjs", YjsApp),                   # yjs issue
-    # ("/", ConsoleApp),                     # console issue (only paths nothing else serves)
+    # The web console: only paths nothing else serves.
+    ("/", ConsoleApp, lambda config: config.console),
 ]
 
 
@@ -94,22 +101,26 @@ class DuralogApp:
         self._start_lock = asyncio.Lock()
         self._sweeper: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
-        # The security layer (server/auth.py) owns CORS: the app's own answers say "*"
-        # only when any origin is allowed, and the layer rewrites them otherwise.
+        self.metrics = (ServerMetrics(self.ctx.metrics, self.store) if self.config.metrics
+                        else None)
         self.http = Responses(self.config.cors_origin)
-        self.streams = StreamOps(self.config, self.store, self.http)
-        self.live = LiveReads(self.config, self.store, self.http, self.streams)
+        self.streams = StreamOps(self.config, self.store, self.http, self.metrics)
+        self.live = LiveReads(self.config, self.store, self.http, self.streams, self.ctx.closing,
+                              self.metrics)
         self.streams.live = self.live
+        # Cross-cutting layers wrap the composed app once, outermost last.
+        # Host, CORS, rate limits and access control (server/auth.py) inside the
+        # access log and metrics, so refusals are logged and counted too.
+        self._entry: ASGIApp = secure(self._http, self.config)
+        if self.config.access_log or self.metrics is not None:
+            self._entry = ObserveLayer(self._entry, self.metrics, self.config.access_log)
         root = self.config.stream_prefix.rstrip("/")
         mounts = [(prefix.replace("{streams}", root), factory(self.ctx))
-                  for prefix, factory in MOUNTS]
+                  for prefix, factory, enabled in MOUNTS if enabled(self.config)]
         # Longest prefix first, so a mount inside another (or inside the stream
         # root) wins; "/" (the console) only serves what nothing else does.
         self._mounts = sorted((m for m in mounts if m[0] != "/"), key=lambda m: -len(m[0]))
         self._fallback = next((app for prefix, app in mounts if prefix == "/"), None)
-        # Cross-cutting layers wrap the composed app once (DESIGN.md): Host, CORS,
-        # rate limits and access control (docs/security.md).
-        self._entry = secure(self._http, self.config)
 
     # -- lifecycle ---------------------------------------------------------
     async def startup(self) -> None:
@@ -121,7 +132,7 @@ class DuralogApp:
             if self.config.registry and self.store.get(REGISTRY) is None:
                 await self.store.create(REGISTRY, CreateRequest(content_type="application/json"),
                                         None)
-            self.live.closing.clear()
+            self.ctx.closing.clear()
             for _, app in self._sub_apps():
                 await app.startup()
             self._sweeper = asyncio.create_task(self._sweep_loop())
@@ -131,7 +142,7 @@ class DuralogApp:
         if not self._started:
             return
         self._started = False
-        self.live.closing.set()
+        self.begin_shutdown()
         if self._sweeper is not None:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -140,6 +151,13 @@ class DuralogApp:
             await app.shutdown()
         await self.store.stop()
         offload.shutdown()
+
+    def begin_shutdown(self) -> None:
+        """Readiness turns 503 and every live reader gets its normal end now (live.py).
+
+        ``duralog serve`` calls this on SIGINT/SIGTERM before its server waits for
+        open responses to finish; ``shutdown`` calls it too."""
+        self.live.begin_shutdown()
 
     def _sub_apps(self) -> list[tuple[str, SubApp]]:
         apps = list(self._mounts)
@@ -189,6 +207,15 @@ class DuralogApp:
         except Disconnected:
             pass
         except ProtocolError as err:
+            if err.status >= 500:
+                # 503/507 come from the store: nothing was written (store/sqlite.py).
+                log.error("%s %s: %d %s", scope.get("method"), scope.get("path"), err.status,
+                          err.reason)
+                if self.metrics is not None and err.status in (503, 507):
+                    self.metrics.store_errors += 1
+            elif log.isEnabledFor(logging.DEBUG):
+                log.debug("refused %s %s: %d %s", scope.get("method"), scope.get("path"),
+                          err.status, err.reason)
             await self.http.error(send, err)
         except Exception:
             # A bug must still answer like the server: one line, security headers (12.7).
@@ -206,11 +233,11 @@ class DuralogApp:
         prefix = self.config.stream_prefix.encode()
         method = scope["method"]
         if not raw.startswith(prefix):
-            if self._fallback is not None:
-                await self._fallback(_child_scope(scope, ""), receive, send)
-                return
             if method == "OPTIONS":
                 await self.http.preflight(send)
+                return
+            if self._fallback is not None:
+                await self._fallback(_child_scope(scope, ""), receive, send)
                 return
             if raw in (b"/", b"") and method in ("GET", "HEAD"):
                 await self.http.respond(send, 200, [(b"content-type", b"application/json")],

@@ -38,9 +38,6 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 REGISTRY = "__registry__"
-# What needs no token even with auth on: the server's name and the health probes
-# (no stream data in them; load balancers cannot send tokens).
-_OPEN_PATHS = frozenset({b"", b"/", b"/healthz", b"/readyz"})
 RESERVED = "__ds"  # PROTOCOL.md 6: control APIs
 _DECISIONS_KEPT = 8192
 _WRITE_METHODS = frozenset({"POST", "PUT", "DELETE", "PATCH"})
@@ -97,7 +94,7 @@ class SecurityLayer:
             host, origin, authorization, forked_from = self._scan_headers(scope)
             self._check_host(host)
             method: str = scope["method"]
-            if method == "OPTIONS" and origin is not None:
+            if method == "OPTIONS" and origin is not None and self._governs(scope):
                 await self._preflight(scope, origin, send)
                 return
             if origin is not None and method in _WRITE_METHODS and not self._may_write_from(
@@ -126,6 +123,15 @@ class SecurityLayer:
         await self.app(scope, receive, send)
 
     # -- checks ---------------------------------------------------------------------
+    def _governs(self, scope: Scope) -> bool:
+        """Paths this layer's CORS and access rules cover: the stream root and /metrics.
+        Other mounts (the proxy, the console) answer their own preflights."""
+        raw: bytes = scope.get("raw_path") or scope["path"].encode()
+        root = scope.get("root_path", "").encode()
+        if root and raw.startswith(root):
+            raw = raw[len(root):]
+        return raw.startswith(self.prefix) or raw.startswith(b"/metrics")
+
     @staticmethod
     def _scan_headers(scope: Scope) -> tuple[list[bytes], bytes | None, bytes | None,
                                              bytes | None]:
@@ -202,8 +208,10 @@ class SecurityLayer:
         registry read by a token that may not read it all which paths it may list, and
         who asked."""
         assert self.auth is not None
-        token = self._take_token(scope, authorization)
         needs = self._needs(scope, method, forked_from)
+        if not needs:
+            return False, None, None  # not ours to guard: its own rules apply
+        token = self._take_token(scope, authorization)
         anonymous = self.auth.anonymous
         public = all(anonymous.allows(s, p) for s, p in needs)
         if token is None and public:
@@ -271,10 +279,12 @@ class SecurityLayer:
         if root and raw.startswith(root):
             raw = raw[len(root):]
         if not raw.startswith(self.prefix):
-            if raw in _OPEN_PATHS and method in ("GET", "HEAD", "OPTIONS"):
-                return []
-            # Other mounted applications are control APIs: admin over all streams.
-            return [("admin", RESERVED + "/" + raw.decode("latin-1").strip("/"))]
+            if raw == b"/metrics" or raw.startswith(b"/metrics/"):
+                return [("admin", RESERVED + "/metrics")]
+            # The health probes, the console's static files, and mounts with their own
+            # access rules (the proxy's --proxy-secret, PROXY-PROTOCOL.md) are not
+            # governed by the auth file.
+            return []
         name = stream_name(raw[len(self.prefix):])
         if name.split("/", 1)[0] == RESERVED:
             return [("admin", name)]

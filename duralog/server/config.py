@@ -23,6 +23,13 @@ class Config:
     compression: bool = True
     sweep_interval: float = 5.0  # seconds between background sweeps of expired streams
     registry: bool = True
+    access_log: bool = True  # one line per request on the duralog.access logger
+    metrics: bool = True  # request and store metrics (served at /metrics)
+    log_format: str = "text"  # text or json (one JSON object per line)
+    # Peers (IPs or CIDRs, comma separated, or *) whose X-Forwarded-Proto/-Host and
+    # Forwarded headers are believed when the server writes absolute URLs.
+    forwarded_allow_ips: str = ""
+    console: bool = True  # the web console at / (duralog/console)
     # Security (docs/security.md). An empty auth means no access control.
     auth: str = ""  # path of the auth file (TOML): tokens, scopes, signing secret, rate limits
     cors_origins: str = "*"  # comma-separated browser origins; * = any (with auth: reads)
@@ -70,6 +77,11 @@ class Config:
             raise ValueError("max-connections must not be negative")
         if not (self.stream_prefix.startswith("/") and self.stream_prefix.endswith("/")):
             raise ValueError("stream prefix must start and end with '/'")
+        if self.log_format not in ("text", "json"):
+            raise ValueError(f"log format must be text or json, not {self.log_format!r}")
+        from .forwarded import parse_allowed
+
+        parse_allowed(self.forwarded_allow_ips)  # a bad entry fails at start, not per request
 
 
 def _convert(name: str, raw: str, default: object) -> object:
@@ -80,6 +92,8 @@ def _convert(name: str, raw: str, default: object) -> object:
             if raw.lower() in ("0", "false", "no", "off"):
                 return False
             raise ValueError(raw)
+        if name == "port":
+            return int(raw)  # a port is a number, not a size: "4k" is a mistake
         if isinstance(default, int):
             return parse_size(raw)
         if isinstance(default, float):

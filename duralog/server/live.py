@@ -21,6 +21,7 @@ from ..protocol.state import StreamState
 from ..store import Store
 from .config import Config
 from .http import DisconnectWatcher, Headers, Request, Responses, Send
+from .observe import ServerMetrics
 from .streams import StreamOps
 
 _SSE_SHARED_BYTES = 16 << 20  # most bytes of encoded SSE events kept for sharing
@@ -29,22 +30,42 @@ _SSE_SHARED_BYTES = 16 << 20  # most bytes of encoded SSE events kept for sharin
 class LiveReads:
     """Long-poll and SSE readers of one ``Store``."""
 
-    def __init__(self, config: Config, store: Store, http: Responses, ops: StreamOps) -> None:
+    def __init__(self, config: Config, store: Store, http: Responses, ops: StreamOps,
+                 closing: asyncio.Event, metrics: ServerMetrics | None = None) -> None:
         self.config = config
         self.store = store
         self.http = http
         self.ops = ops
-        self.closing = asyncio.Event()
+        self.closing = closing
+        self.metrics = metrics
         # Encoded SSE data events shared by readers at the same position (see _sse_data).
         self._sse_events: dict[tuple[int, int, int], tuple[bytes, int]] = {}
         self._sse_event_bytes = 0
 
     async def read(self, req: Request, send: Send, state: StreamState, pos: int, mode: str,
                    client_cursor: str | None) -> None:
-        if mode == "sse":
-            await self._sse(req, send, state, pos, client_cursor)
-        else:
-            await self._long_poll(req, send, state, pos, client_cursor)
+        metrics = self.metrics
+        if metrics is None:
+            if mode == "sse":
+                await self._sse(req, send, state, pos, client_cursor)
+            else:
+                await self._long_poll(req, send, state, pos, client_cursor)
+            return
+        readers = metrics.live_readers
+        readers[mode] += 1
+        try:
+            if mode == "sse":
+                await self._sse(req, send, state, pos, client_cursor)
+            else:
+                await self._long_poll(req, send, state, pos, client_cursor)
+        finally:
+            readers[mode] -= 1
+
+    def begin_shutdown(self) -> None:
+        """Every waiting reader ends now with its normal answer: a long-poll its 204 at
+        the tail (5.7), an SSE reader a last control event (5.8), then the end."""
+        self.closing.set()
+        self.store.notifier.wake_all()
 
     async def _long_poll(self, req: Request, send: Send, state: StreamState, pos: int,
                          client_cursor: str | None) -> None:
@@ -124,7 +145,10 @@ class LiveReads:
                         await asyncio.sleep(0)
                         if watcher.gone:
                             break
+                    before = pos
                     data_event, pos = await self._sse_data(state, pos, encoding, decoder)
+                    if self.metrics is not None:
+                        self.metrics.read_bytes += pos - before
                     up_to_date = pos >= state.tail
                     behind = not up_to_date
                     closed = state.closed and up_to_date
@@ -133,10 +157,11 @@ class LiveReads:
                                      format_offset(pos), cursor=cursors.next_cursor(client_cursor),
                                      up_to_date=up_to_date, closed=closed)})
                     first = False
-                    if closed:
-                        break
+                    if closed or self.closing.is_set():
+                        break  # at shutdown: that control event was the last one
                     continue
-                if state.closed or first:
+                just_sent = state.closed or first
+                if just_sent:
                     await send({"type": "http.response.body", "more_body": True,
                                 "body": sse.control_event(
                                     format_offset(pos), cursor=cursors.next_cursor(client_cursor),
@@ -145,7 +170,17 @@ class LiveReads:
                     if state.closed:
                         break
                 left = deadline - time.monotonic()
-                if left <= 0 or self.closing.is_set():
+                if self.closing.is_set():
+                    if not just_sent:
+                        # Shutdown: a last control event, so the client knows where to
+                        # resume (5.8), then the end of the response.
+                        await send({"type": "http.response.body", "more_body": True,
+                                    "body": sse.control_event(
+                                        format_offset(pos),
+                                        cursor=cursors.next_cursor(client_cursor),
+                                        up_to_date=True, closed=False)})
+                    break
+                if left <= 0:
                     break
                 woke = await watcher.wait(self.store.notifier.future(state.id),
                                           min(left, keepalive))

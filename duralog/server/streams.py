@@ -23,7 +23,9 @@ from ..protocol.paths import source_stream_name
 from ..protocol.state import AppendRequest, CreateRequest, StreamState
 from ..store import Store
 from .config import Config
+from .forwarded import public_origin
 from .http import Headers, Request, Responses, Send, accepts_gzip, etag_matches, read_body
+from .observe import ServerMetrics
 
 log = logging.getLogger("duralog")
 
@@ -41,10 +43,12 @@ class LiveReader(Protocol):
 class StreamOps:
     """The stream operations of PROTOCOL.md 5 on one ``Store``."""
 
-    def __init__(self, config: Config, store: Store, http: Responses) -> None:
+    def __init__(self, config: Config, store: Store, http: Responses,
+                 metrics: ServerMetrics | None = None) -> None:
         self.config = config
         self.store = store
         self.http = http
+        self.metrics = metrics
         self.live: LiveReader | None = None  # set by the composition (app.py)
 
     # -- PUT: create (5.1) and fork (4.2) --------------------------------------
@@ -123,12 +127,12 @@ class StreamOps:
 
     def _location(self, req: Request) -> str:
         scope = req.scope
-        host = req.header("host") or "{}:{}".format(*(scope.get("server") or ("localhost", 80)))
-        scheme = scope.get("scheme", "http")
+        # Behind a trusted proxy, the scheme and host the client used (forwarded.py).
+        origin = public_origin(scope, req.headers, self.config.forwarded_allow_ips)
         path = scope.get("raw_path") or scope["path"].encode()
         if scope.get("root_path") and not path.startswith(scope["root_path"].encode()):
             path = scope["root_path"].encode() + path
-        return f"{scheme}://{host}{path.decode('latin-1')}"
+        return f"{origin}{path.decode('latin-1')}"
 
     # -- POST: append and close (5.2, 5.3) -------------------------------------
     async def post(self, req: Request, send: Send) -> None:
@@ -161,6 +165,9 @@ class StreamOps:
             producer=producer, close=close))
         if decision.error is not None:
             raise decision.error
+        if self.metrics is not None and decision.write and payload:
+            self.metrics.appends += 1
+            self.metrics.append_bytes += len(payload)
         headers: Headers = [(k.encode(), v.encode()) for k, v in decision.headers.items()]
         if decision.write and b"stream-next-offset" not in dict(headers):
             headers.append((b"stream-next-offset", state.next_offset.encode()))
@@ -181,6 +188,10 @@ class StreamOps:
             headers.append((b"stream-expires-at", state.expires_at.encode()))
         if state.closed:
             headers.append((b"stream-closed", b"true"))
+        if state.forked_from is not None:
+            # Not required by 5.5; lets tools (the console, `duralog info`) show a fork's source.
+            source = self.config.stream_prefix + state.forked_from  # a path, as in 4.2
+            headers.append((b"stream-forked-from", source.encode()))
         all_headers = self.http.base_headers + headers
         await send({"type": "http.response.start", "status": 200, "headers": all_headers})
         await send({"type": "http.response.body", "body": b""})
@@ -283,6 +294,8 @@ class StreamOps:
             headers.append((b"content-encoding", b"gzip"))
         headers.append((b"etag", sent_etag))
         await self.http.respond(send, 200, headers, body)
+        if self.metrics is not None:
+            self.metrics.read_bytes += chunk.next_pos - pos
 
     def _cache_control(self, state: StreamState, has_data: bool) -> bytes:
         """10.1: data is immutable by position, so it may be cached; an empty answer at

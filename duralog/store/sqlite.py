@@ -39,6 +39,7 @@ import sqlite3
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,7 @@ from ..protocol.state import (
     decide_append,
 )
 from .base import Store, scan_records
+from .lock import DirLock
 from .plans import Plan, plan_create, plan_delete
 
 log = logging.getLogger("duralog.sqlite")
@@ -346,17 +348,27 @@ class SQLiteStore(Store):
         self._open = False
         self._gc_pending = False
         self.counters = {"batches": 0, "ops": 0, "commits": 0}
+        # One owner per data directory (store/lock.py).
+        self._dir_lock = DirLock(self.data_dir)
+        # Called on the writer thread after each commit with (seconds, operations);
+        # the server's metrics hook in here (server/observe.py).
+        self.commit_observer: Callable[[float, int], None] | None = None
 
     # -- lifecycle -------------------------------------------------------------
     async def start(self) -> None:
         if self._open:
             return
         self._loop = asyncio.get_running_loop()
+        self._dir_lock.acquire()
         try:
             self._con = await asyncio.to_thread(self._open_and_load)
         except sqlite3.Error as exc:
+            self._dir_lock.release()
             # Opening may have to replay the WAL, which needs room on a full disk.
             raise RuntimeError(f"cannot open {self.path}: {exc}") from exc
+        except BaseException:
+            self._dir_lock.release()
+            raise
         self._pool = ThreadPoolExecutor(READER_THREADS, thread_name_prefix="duralog-read")
         self._open = True
         self._writer = threading.Thread(target=self._run_writer, name="duralog-writer",
@@ -390,6 +402,7 @@ class SQLiteStore(Store):
                 self._con.close()
             self._con = None
         log.info("sqlite writer: %s", self.counters)
+        self._dir_lock.release()
         await super().stop()
 
     def _connect(self) -> sqlite3.Connection:
@@ -811,6 +824,7 @@ class SQLiteStore(Store):
         states = batch.states
         if not (states or dropped or batch.access) and batch.next_id == self._next_id:
             return  # nothing to write (refusals, duplicates): nothing to wait for
+        started = time.perf_counter()
         con.execute("BEGIN IMMEDIATE")
         records = batch.records
         if dropped and records:
@@ -842,6 +856,8 @@ class SQLiteStore(Store):
             con.execute("UPDATE meta SET value = ? WHERE key = 'next_id'", (str(batch.next_id),))
         con.execute("COMMIT")
         self.counters["commits"] += 1
+        if self.commit_observer is not None:
+            self.commit_observer(time.perf_counter() - started, len(batch.results))
 
     def _rollback(self) -> None:
         con = self._con
