@@ -252,8 +252,14 @@ def test_fork_close_and_delete_from_the_page(server: ServerProcess, page: object
     page.click("#fork-form button[value=ok]")
     page.wait_for_url(f"**/#/s/{fork}**")
     wait_rows(page, '"a":2')
-    head = httpx.head(f"{server.url}/v1/stream/{fork}")
-    assert head.headers["stream-forked-from"] == f"/v1/stream/{name}"
+    # HEAD does not name a fork's source (4.2); the registry's insert does.
+    assert "stream-forked-from" not in httpx.head(f"{server.url}/v1/stream/{fork}").headers
+    inserts = [e for e in messages(server, "__registry__")
+               if e["key"] == fork and e["headers"]["operation"] == "insert"]
+    assert inserts[-1]["value"]["forkedFrom"] == name
+    page.click("#s-inspect")
+    page.locator("#s-meta", has_text=f"Forked from{name}").wait_for()
+    page.click("#s-inspect")
 
     page.click("#s-close")
     page.locator("#s-status", has_text="closed").wait_for()

@@ -632,13 +632,13 @@ def test_apply_append_moves_tail_and_producer_state() -> None:
     apply_append(state, req, decision, now=42.0)
     assert state.tail == 3
     assert state.next_offset == format_offset(3)
-    assert state.producers["p"] == ProducerState(2, 0)
+    assert state.producers["p"] == ProducerState(2, 0, last_used=42.0)
     assert state.stream_seq == "s1"
     assert state.last_access == 42.0
     assert not state.closed
     req2 = _append(b"de", producer=Producer("p", 2, 1))
     apply_append(state, req2, decide_append(state, req2), now=43.0)
-    assert state.tail == 5 and state.producers["p"] == ProducerState(2, 1)
+    assert state.tail == 5 and state.producers["p"] == ProducerState(2, 1, last_used=43.0)
 
 
 def test_refused_decision_changes_nothing_when_not_applied() -> None:

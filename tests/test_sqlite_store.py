@@ -28,9 +28,9 @@ from duralog.protocol.errors import ProtocolError
 from duralog.protocol.headers import Producer
 from duralog.protocol.offsets import format_offset
 from duralog.protocol.state import AppendRequest, CreateRequest
-from duralog.store import sqlite as sqlite_module
 from duralog.store.memory import MemoryStore
 from duralog.store.sqlite import DB_NAME, SQLiteStore
+from duralog.store.sqlite import store as sqlite_module
 
 from .rss_check import run as run_rss_check
 from .servers import ServerProcess, duralog_server, read_all
@@ -397,14 +397,42 @@ def test_full_file_system_answers_507_and_keeps_serving(tmp_path: Path) -> None:
         server = server_on(mount_point / "data", tmp_path)
 
         def free_ballast(url: str) -> None:
-            # On a full file system SQLite cannot even write a delete; room comes
-            # from elsewhere (here: another file on the same file system).
+            # Room made elsewhere (another file on the same file system).
             ballast.unlink()
 
         try:
             _check_full_disk_behaviour(server, free_ballast)
         finally:
             server.stop()
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+def test_delete_works_on_a_full_file_system(tmp_path: Path) -> None:
+    """A DELETE frees space, so it must work when the disk is full: the store keeps
+    a reserve file (duralog.reserve) and releases it for the delete's transaction."""
+    mount_point = tmp_path / "tiny"
+    mount_point.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(mount_point)],
+        capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        data_dir = mount_point / "data"
+        server = server_on(data_dir, tmp_path)
+        assert (data_dir / "duralog.reserve").stat().st_size == 8 << 20
+
+        def delete_stream(url: str) -> None:
+            r = httpx.delete(url)
+            assert r.status_code == 204, r.text  # not 507: the reserve made room
+
+        try:
+            _check_full_disk_behaviour(server, delete_stream)
+            assert httpx.get(server.url + "/v1/stream/fill").status_code == 404
+        finally:
+            server.stop()
+        assert "disk full: released" in (tmp_path / "server.log").read_text()
     finally:
         subprocess.run(["umount", "-l", str(mount_point)], check=False)
 

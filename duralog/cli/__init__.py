@@ -13,7 +13,7 @@ import sys
 from .. import __version__
 
 # Subcommand modules, in the order `duralog --help` lists them.
-COMMANDS = ["serve", "streams", "state", "backup", "token"]
+COMMANDS = ["serve", "streams", "state", "backup", "check", "token"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -60,6 +60,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--max-body-size", type=size, metavar="BYTES",
                    help="largest append accepted, larger gets 413 (default 64MiB; "
                         "DURALOG_MAX_BODY_SIZE)")
+    p.add_argument("--producer-ttl", type=float, metavar="SECONDS",
+                   help="drop idempotent-producer state unused this long; a retry older "
+                        "than this is no longer recognised as a duplicate (default 604800, "
+                        "7 days; DURALOG_PRODUCER_TTL)")
+    p.add_argument("--retention-bytes", type=parse_size, metavar="BYTES",
+                   help="keep at most this much of each stream created without "
+                        "Stream-Retention-Bytes (default 0: keep all; DURALOG_RETENTION_BYTES)")
+    p.add_argument("--retention-seconds", type=int, metavar="SECONDS",
+                   help="drop appends older than this from streams created without "
+                        "Stream-Retention-Seconds (default 0: keep all; "
+                        "DURALOG_RETENTION_SECONDS)")
     sec = p.add_argument_group("security (docs/security.md)")
     sec.add_argument("--auth", metavar="FILE",
                      help="auth file (TOML): bearer tokens and their scopes, a signing secret, "
@@ -128,7 +139,9 @@ def run(args: argparse.Namespace) -> int:
             allowed_hosts=args.allowed_hosts, max_connections=args.max_connections,
             header_timeout=args.header_timeout, body_timeout=args.body_timeout,
             send_timeout=args.send_timeout, max_header_bytes=args.max_header_bytes,
-            max_header_fields=args.max_header_fields, max_request_line=args.max_request_line)
+            max_header_fields=args.max_header_fields, max_request_line=args.max_request_line,
+            producer_ttl=args.producer_ttl, retention_bytes=args.retention_bytes,
+            retention_seconds=args.retention_seconds)
     except ValueError as err:
         print(f"duralog serve: {err}", file=sys.stderr)
         return 2

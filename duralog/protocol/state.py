@@ -7,6 +7,7 @@ kept. That is how the memory, SQLite and later backends agree on every answer.
 
 from __future__ import annotations
 
+from collections.abc import MutableMapping
 from dataclasses import dataclass, field
 
 from .errors import ProtocolError
@@ -20,6 +21,8 @@ DEFAULT_CONTENT_TYPE = "application/octet-stream"
 class ProducerState:
     epoch: int
     last_seq: int
+    #: When an append last moved this producer's state (for --producer-ttl, 5.2.1).
+    last_used: float = 0.0
 
 
 @dataclass(slots=True)
@@ -38,13 +41,18 @@ class StreamState:
     closed: bool = False
     closed_by: tuple[str, int, int] | None = None  # producer triple that closed it
     stream_seq: str | None = None
-    producers: dict[str, ProducerState] = field(default_factory=dict)
+    producers: MutableMapping[str, ProducerState] = field(default_factory=dict)
     source_id: int | None = None  # fork: the stream whose data it inherits
     forked_from: str | None = None  # fork: the source's path, as given
     fork_pos: int | None = None  # fork: inherited data ends here
     fork_sub: int = 0
     refcount: int = 0  # forks that inherit from this stream
     soft_deleted: bool = False
+    # Retention (an extension; PROTOCOL.md 4 lets servers drop old data): the
+    # newest data kept, by bytes and by age; None keeps everything.
+    retention_bytes: int | None = None
+    retention_seconds: int | None = None
+    start: int = 0  # earliest retained position; reads before it answer 410
 
     @property
     def next_offset(self) -> str:
@@ -56,9 +64,16 @@ class StreamState:
             return True
         return self.ttl is not None and now >= self.last_access + self.ttl
 
-    def copy(self) -> StreamState:
+    def copy(self, *, share_producers: bool = False) -> StreamState:
+        """A copy; its producer table is a copy too unless ``share_producers``.
+
+        A durable backend that records producer changes separately shares the
+        table, so copying a stream costs the same with 1 or 100,000 producers.
+        """
         clone = StreamState(**{name: getattr(self, name) for name in self.__slots__})
-        clone.producers = {k: ProducerState(v.epoch, v.last_seq) for k, v in self.producers.items()}
+        if not share_producers:
+            clone.producers = {k: ProducerState(v.epoch, v.last_seq, v.last_used)
+                               for k, v in self.producers.items()}
         return clone
 
 
@@ -76,6 +91,8 @@ class CreateRequest:
     forked_from: str | None = None
     fork_pos: int | None = None  # None: the source's tail
     fork_sub: int = 0
+    retention_bytes: int | None = None
+    retention_seconds: int | None = None
 
 
 def same_config(state: StreamState, req: CreateRequest) -> bool:
@@ -84,6 +101,9 @@ def same_config(state: StreamState, req: CreateRequest) -> bool:
     if media_type(wanted_type or DEFAULT_CONTENT_TYPE) != media_type(state.content_type):
         return False
     if req.forked_from != state.forked_from:
+        return False
+    if (req.retention_bytes, req.retention_seconds) != (state.retention_bytes,
+                                                         state.retention_seconds):
         return False
     if req.forked_from is not None:
         if req.fork_pos is not None and req.fork_pos != state.fork_pos:
@@ -220,6 +240,7 @@ def apply_append(state: StreamState, req: AppendRequest, decision: AppendDecisio
     if req.stream_seq is not None:
         state.stream_seq = req.stream_seq
     if req.producer is not None and decision.producer_state is not None:
+        decision.producer_state.last_used = now
         state.producers[req.producer.id] = decision.producer_state
     if req.close:
         state.closed = True

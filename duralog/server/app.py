@@ -31,7 +31,6 @@ from prometheus_client import CollectorRegistry
 from .. import offload
 from ..protocol.errors import ProtocolError
 from ..protocol.paths import stream_name
-from ..protocol.state import CreateRequest, StreamState
 from ..proxy.mount import proxy_app
 from ..store import Store, open_store
 from .auth import secure
@@ -52,6 +51,7 @@ from .http import (
 )
 from .live import LiveReads
 from .observe import ObserveLayer, ServerMetrics
+from .store_metrics import StoreCollector
 from .streams import REGISTRY, StreamOps, name_is_registry
 
 log = logging.getLogger("duralog")
@@ -95,8 +95,12 @@ class DuralogApp:
     def __init__(self, config: Config | None = None, store: Store | None = None) -> None:
         self.config = config or Config.from_env()
         self.store = store or open_store(self.config.backend, self.config.data_dir)
+        # The store writes each registry event in the commit of the change it records.
+        self.store.registry = REGISTRY if self.config.registry else None
+        self.store.producer_ttl = self.config.producer_ttl
         self.ctx = ServerContext(self.config, self.store, CollectorRegistry(auto_describe=True),
                                  log)
+        self.ctx.metrics.register(StoreCollector(self.store))
         self._started = False
         self._start_lock = asyncio.Lock()
         self._sweeper: asyncio.Task[None] | None = None
@@ -127,11 +131,7 @@ class DuralogApp:
         async with self._start_lock:
             if self._started:
                 return
-            await self.store.start()
-            self.store.removal_listeners.append(self._on_removed)
-            if self.config.registry and self.store.get(REGISTRY) is None:
-                await self.store.create(REGISTRY, CreateRequest(content_type="application/json"),
-                                        None)
+            await self.store.start()  # creates (and repairs) the registry
             self.ctx.closing.clear()
             for _, app in self._sub_apps():
                 await app.startup()
@@ -269,15 +269,6 @@ class DuralogApp:
         else:
             raise ProtocolError(405, f"method {method} is not allowed on a stream",
                                 {"allow": METHODS.decode()})
-
-    # -- registry ----------------------------------------------------------------
-    def _on_removed(self, state: StreamState) -> None:
-        """A stream the store expired on its own is recorded like a DELETE."""
-        if self._started:
-            task = asyncio.get_running_loop().create_task(
-                self.streams.record_registry("delete", state))
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
 
 
 def _child_scope(scope: Scope, prefix: str) -> Scope:

@@ -23,6 +23,12 @@ class Config:
     compression: bool = True
     sweep_interval: float = 5.0  # seconds between background sweeps of expired streams
     registry: bool = True
+    #: PROTOCOL.md 5.2.1: producer state unused this long (seconds) is dropped, so a
+    #: retry older than this is no longer recognised as a duplicate.
+    producer_ttl: float = 7 * 86400.0
+    #: Retention for streams created without Stream-Retention-* headers; 0: keep all.
+    retention_bytes: int = 0
+    retention_seconds: int = 0
     access_log: bool = True  # one line per request on the duralog.access logger
     metrics: bool = True  # request and store metrics (served at /metrics)
     log_format: str = "text"  # text or json (one JSON object per line)
@@ -63,10 +69,13 @@ class Config:
             raise ValueError(f"port must be 0-65535, not {self.port}")
         if self.backend not in ("memory", "sqlite"):
             raise ValueError(f"backend must be memory or sqlite, not {self.backend!r}")
-        for name in ("long_poll_timeout", "sse_max_duration", "sweep_interval",
+        for name in ("long_poll_timeout", "sse_max_duration", "sweep_interval", "producer_ttl",
                      "header_timeout", "body_timeout", "send_timeout"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name.replace('_', '-')} must be positive")
+        for name in ("retention_bytes", "retention_seconds"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name.replace('_', '-')} must be 0 (keep all) or positive")
         for name in ("chunk_size", "max_body_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name.replace('_', '-')} must be at least 1 byte")

@@ -48,6 +48,8 @@ class ConsoleApp:
     def __init__(self, ctx: ServerContext) -> None:
         self.ctx = ctx
         self.started_at = time.time()
+        # The JSON answers carry the CORS header every API answer of the server does.
+        self._cors = [(b"access-control-allow-origin", ctx.config.cors_origin.encode())]
         self._assets: dict[str, tuple[bytes, bytes, bytes]] = {}
         for item in STATIC.iterdir():
             suffix = "." + item.name.rsplit(".", 1)[-1]
@@ -65,6 +67,11 @@ class ConsoleApp:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path: str = scope["path"] or "/"
         method: str = scope["method"]
+        mine = path in ("/", "/index.html", "/console/info") or (
+            path.startswith("/console/") and path[9:] in self._assets)
+        if not mine:
+            raise ProtocolError(404, f"no streams here; streams live under "
+                                     f"{self.ctx.config.stream_prefix}")
         if method not in ("GET", "HEAD"):
             raise ProtocolError(405, f"method {method} is not allowed here",
                                 {"allow": "GET, HEAD"})
@@ -72,18 +79,15 @@ class ConsoleApp:
             if path == "/" and not _wants_html(scope):
                 await _send(send, 200, orjson.dumps({
                     "server": "duralog", "streams": self.ctx.config.stream_prefix}),
-                    [(b"content-type", b"application/json")], method)
+                    [(b"content-type", b"application/json"), *self._cors], method)
                 return
             await self._asset(scope, send, "index.html")
         elif path == "/console/info":
             await _send(send, 200, orjson.dumps(self.info()),
                         [(b"content-type", b"application/json"),
-                         (b"cache-control", b"no-store")], method)
-        elif path.startswith("/console/") and path[9:] in self._assets:
-            await self._asset(scope, send, path[9:])
+                         (b"cache-control", b"no-store"), *self._cors], method)
         else:
-            raise ProtocolError(404, f"no streams here; streams live under "
-                                     f"{self.ctx.config.stream_prefix}")
+            await self._asset(scope, send, path[9:])
 
     def info(self) -> dict[str, Any]:
         config = self.ctx.config

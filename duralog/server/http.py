@@ -25,10 +25,12 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 EXPOSE = (b"Stream-Next-Offset, Stream-Cursor, Stream-Up-To-Date, Stream-Closed, "
           b"Stream-TTL, Stream-Expires-At, Stream-SSE-Data-Encoding, Producer-Epoch, "
           b"Producer-Seq, Producer-Expected-Seq, Producer-Received-Seq, ETag, Location, "
-          b"Content-Type, Content-Encoding, Vary, Stream-Forked-From")
+          b"Content-Type, Content-Encoding, Vary, Stream-Retention-Bytes, "
+          b"Stream-Retention-Seconds, Stream-Earliest-Offset")
 ALLOW_HEADERS = (b"Content-Type, Authorization, If-None-Match, Stream-Seq, Stream-TTL, "
                  b"Stream-Expires-At, Stream-Closed, Producer-Id, Producer-Epoch, Producer-Seq, "
-                 b"Stream-Forked-From, Stream-Fork-Offset, Stream-Fork-Sub-Offset")
+                 b"Stream-Forked-From, Stream-Fork-Offset, Stream-Fork-Sub-Offset, "
+                 b"Stream-Retention-Bytes, Stream-Retention-Seconds")
 METHODS = b"GET, POST, PUT, DELETE, HEAD, OPTIONS"
 
 

@@ -133,6 +133,8 @@ class LiveReads:
                 if current is None:
                     break  # deleted: end the stream; a reconnect gets 404
                 state = current
+                if pos < state.start:
+                    break  # retention dropped what this reader had not read: a reconnect gets 410
                 if pos < state.tail:
                     if behind:
                         # Catching up over many chunks (issue 9): an empty write waits

@@ -10,9 +10,7 @@ from __future__ import annotations
 import gzip
 import logging
 import time
-from typing import Any, Protocol
-
-import orjson
+from typing import Protocol
 
 from .. import offload
 from ..protocol import headers as H
@@ -22,6 +20,8 @@ from ..protocol.offsets import NOW, START, format_offset, parse_offset
 from ..protocol.paths import source_stream_name
 from ..protocol.state import AppendRequest, CreateRequest, StreamState
 from ..store import Store
+from ..store.plans import EARLIEST_OFFSET_HEADER, gone_before
+from ..store.registry import REGISTRY
 from .config import Config
 from .forwarded import public_origin
 from .http import Headers, Request, Responses, Send, accepts_gzip, etag_matches, read_body
@@ -29,8 +29,10 @@ from .observe import ServerMetrics
 
 log = logging.getLogger("duralog")
 
-REGISTRY = "__registry__"
 _COMPRESS_MIN = 1024
+#: Retention request headers (an extension; README "Retention").
+RETENTION_BYTES = "stream-retention-bytes"
+RETENTION_SECONDS = "stream-retention-seconds"
 # 10.1: catch-up data is cacheable; shared streams may be cached publicly.
 _CACHEABLE = b"public, max-age=60, stale-while-revalidate=300"
 
@@ -101,12 +103,14 @@ class StreamOps:
             else:
                 payload = body
 
+        retention_bytes, retention_seconds = self._retention(req)
         create = CreateRequest(
             content_type=content_type if (content_type or forked_from) else
             "application/octet-stream",
             ttl=ttl, expires_at=expires_raw, expires_ts=expires_ts,
             closed=H.is_true(req.header(H.STREAM_CLOSED)),
-            forked_from=forked_from, fork_pos=fork_pos, fork_sub=fork_sub)
+            forked_from=forked_from, fork_pos=fork_pos, fork_sub=fork_sub,
+            retention_bytes=retention_bytes, retention_seconds=retention_seconds)
         state, created = await self.store.create(req.name, create, payload)
         headers: Headers = [
             (b"content-type", state.content_type.encode()),
@@ -117,8 +121,23 @@ class StreamOps:
         if created:
             # 5.1: Location names the stream that was created.
             headers.append((b"location", self._location(req).encode()))
-            await self.record_registry("insert", state)
         await self.http.respond(send, 201 if created else 200, headers)
+
+    def _retention(self, req: Request) -> tuple[int | None, int | None]:
+        """Stream-Retention-Bytes / -Seconds (an extension, README), or the server's
+        defaults (--retention-bytes, --retention-seconds; 0 keeps everything)."""
+        values: list[int | None] = []
+        for header, default in ((RETENTION_BYTES, self.config.retention_bytes),
+                                (RETENTION_SECONDS, self.config.retention_seconds)):
+            raw = req.header(header)
+            if raw is None:
+                values.append(default or None)
+                continue
+            value = H.parse_non_negative(raw, header.title())
+            if value == 0:
+                raise ProtocolError(400, f"{header.title()} must be a positive integer")
+            values.append(value)
+        return values[0], values[1]
 
     def _source_name(self, value: str) -> str:
         """4.2: Stream-Forked-From is a path on this server; map it to a stream name.
@@ -188,19 +207,21 @@ class StreamOps:
             headers.append((b"stream-expires-at", state.expires_at.encode()))
         if state.closed:
             headers.append((b"stream-closed", b"true"))
-        if state.forked_from is not None:
-            # Not required by 5.5; lets tools (the console, `duralog info`) show a fork's source.
-            source = self.config.stream_prefix + state.forked_from  # a path, as in 4.2
-            headers.append((b"stream-forked-from", source.encode()))
+        if state.retention_bytes is not None:
+            headers.append((RETENTION_BYTES.encode(), str(state.retention_bytes).encode()))
+        if state.retention_seconds is not None:
+            headers.append((RETENTION_SECONDS.encode(), str(state.retention_seconds).encode()))
+        if state.start or state.retention_bytes or state.retention_seconds:
+            headers.append((EARLIEST_OFFSET_HEADER.encode(),
+                            format_offset(state.start).encode()))
         all_headers = self.http.base_headers + headers
         await send({"type": "http.response.start", "status": 200, "headers": all_headers})
         await send({"type": "http.response.body", "body": b""})
 
     # -- DELETE (5.4) ----------------------------------------------------------
     async def delete(self, req: Request, send: Send) -> None:
-        state = self.live_state(req.name)
+        self.live_state(req.name)
         await self.store.delete(req.name)
-        await self.record_registry("delete", state)
         await self.http.respond(send, 204, [])
 
     def live_state(self, name: str) -> StreamState:
@@ -225,13 +246,15 @@ class StreamOps:
         state = self.live_state(req.name)
         self.store.touch(state)  # 5.1: live reads slide the TTL when they begin
         if offset is None or offset == START:
-            pos = 0
+            pos = state.start  # retention: -1 is the earliest retained data
         elif offset == NOW:
             pos = state.tail
         else:
             pos = parse_offset(offset)
             if pos > state.tail:
                 raise ProtocolError(400, "offset is beyond the end of the stream")
+            if pos < state.start:
+                raise gone_before(state)  # PROTOCOL.md 4: dropped by retention
         if live is not None:
             assert self.live is not None, "the composition wires live reads in"
             await self.live.read(req, send, state, pos, live, client_cursor)
@@ -319,26 +342,6 @@ class StreamOps:
         if state is None or state.id != stream_id or state.soft_deleted:
             return None
         return state
-
-
-    async def record_registry(self, operation: str, state: StreamState) -> None:
-        """Record creates and deletes in __registry__ as State Protocol changes."""
-        if not self.config.registry or name_is_registry(state.path):
-            return
-        event: dict[str, Any] = {"type": "stream", "key": state.path,
-                                 "headers": {"operation": operation}}
-        if operation == "insert":
-            event["value"] = {"path": state.path, "contentType": state.content_type,
-                              "createdAt": int(state.created_at * 1000)}
-        try:
-            registry = self.store.get(REGISTRY)
-            if registry is None:
-                await self.store.create(REGISTRY, CreateRequest(content_type="application/json"),
-                                        None)
-            await self.store.append(REGISTRY, AppendRequest(
-                payload=orjson.dumps(event), content_type="application/json"))
-        except ProtocolError as err:  # a closed or deleted registry must not fail the request
-            log.warning("registry not updated for %s: %s", state.path, err.reason)
 
 
 def name_is_registry(name: str) -> bool:

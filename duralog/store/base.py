@@ -12,6 +12,7 @@ Readers see committed data only: ``get`` returns the committed state, and
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from abc import ABC, abstractmethod
 from bisect import bisect_right
@@ -22,8 +23,18 @@ from ..offload import fragment_prefix
 from ..protocol.errors import ProtocolError
 from ..protocol.headers import is_json
 from ..protocol.state import AppendDecision, AppendRequest, CreateRequest, StreamState
+from . import registry as reg
+from .plans import gone_before
 
 UNBOUNDED = 1 << 62
+
+log = logging.getLogger("duralog.store")
+
+#: PROTOCOL.md 5.2.1 (producer state cleanup): producer state unused for this
+#: long is dropped; a producer that comes back later is treated as new.
+DEFAULT_PRODUCER_TTL = 7 * 86400.0
+#: How often the background sweep looks for expired producer state (seconds).
+PRODUCER_SWEEP_INTERVAL = 60.0
 
 
 @dataclass(slots=True)
@@ -120,8 +131,14 @@ class Store(ABC):
 
     def __init__(self) -> None:
         self.notifier = Notifier()
-        #: Called with each stream the store removes on its own (expiry), so the
-        #: server can record it (the registry) like a DELETE.
+        #: The registry stream's path, or None for no registry. Set before start();
+        #: the store then writes each create/delete event in the same commit.
+        self.registry: str | None = None
+        #: Seconds of disuse after which a producer's state is dropped (5.2.1).
+        self.producer_ttl: float = DEFAULT_PRODUCER_TTL
+        self._producers_swept = 0.0
+        #: Called with each stream the store removes on its own (expiry), after the
+        #: commit (the registry event is already part of it; this is for observers).
         self.removal_listeners: list[Callable[[StreamState], None]] = []
         self._by_path: dict[str, StreamState] = {}
         self._by_id: dict[int, StreamState] = {}
@@ -179,12 +196,71 @@ class Store(ABC):
         """
 
     async def sweep_expired(self) -> int:
-        """Remove every expired stream (4); returns how many. Run in the background."""
+        """Remove every expired stream (4); returns how many. Run in the background.
+
+        Also drops producer state older than ``producer_ttl`` (5.2.1), at most
+        once every PRODUCER_SWEEP_INTERVAL seconds.
+        """
         now = time.time()
         expired = [s for s in self.all_states() if not s.soft_deleted and s.is_expired(now)]
         for state in expired:
             self._expire(state)
+        await self._maybe_sweep_producers(now)
         return len(expired)
+
+    async def _maybe_sweep_producers(self, now: float) -> None:
+        if now - self._producers_swept >= PRODUCER_SWEEP_INTERVAL:
+            self._producers_swept = now
+            await self.sweep_producers(now - self.producer_ttl)
+
+    async def sweep_producers(self, cutoff: float) -> int:
+        """Drop producer state last used before ``cutoff``; returns how many entries."""
+        dropped = 0
+        for state in self.all_states():
+            old = [k for k, p in state.producers.items() if p.last_used < cutoff]
+            for key in old:
+                del state.producers[key]
+            dropped += len(old)
+        return dropped
+
+    # -- the registry ------------------------------------------------------
+    async def _open_registry(self) -> int:
+        """Create the registry if it is missing, then repair it; returns events appended.
+
+        A registry that disagrees with the stream table (a database written by
+        a version that committed registry events separately) gets the missing
+        events appended, so it lists exactly the streams that exist.
+        """
+        name = self.registry
+        if name is None:
+            return 0
+        state = self.get(name)
+        if state is None:
+            state, _ = await self.create(name, CreateRequest(
+                content_type=reg.REGISTRY_CONTENT_TYPE), None)
+        if not reg.can_record(state):
+            return 0
+        fragments: list[bytes] = []
+        pos = state.start
+        try:
+            while pos < state.tail:
+                chunk = await self.read(state, pos, 1 << 20, whole=True)
+                fragments.extend(chunk.parts)
+                if chunk.next_pos <= pos:
+                    break
+                pos = chunk.next_pos
+            live = reg.replay(fragments)
+        except (ProtocolError, ValueError) as exc:
+            # Damaged registry data: serve the streams anyway; `duralog check` reports it.
+            reason = exc.reason if isinstance(exc, ProtocolError) else str(exc)
+            log.error("cannot verify the registry against the streams: %s", reason)
+            return 0
+        streams = [s for s in self.all_states() if not s.soft_deleted]
+        events = reg.missing_events(live, streams, name)
+        if events:
+            await self.append(name, AppendRequest(payload=reg.encode_events(events),
+                                                  content_type=reg.REGISTRY_CONTENT_TYPE))
+        return len(events)
 
     # -- writes ------------------------------------------------------------
     @abstractmethod
@@ -238,6 +314,11 @@ class Store(ABC):
         """
         if whole is None:
             whole = is_json(state.content_type)
+        current = self._state_by_id(state.id)
+        if current is not None and current.start > state.start:
+            state = current  # retention moved the start since this reader's snapshot
+        if pos < state.start:
+            raise gone_before(state)  # retention dropped it (store/retention.py)
         parts: list[bytes] = []
         next_pos = pos
         budget = max_bytes

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from ..protocol.errors import ProtocolError
 from ..protocol.headers import media_type
+from ..protocol.offsets import format_offset
 from ..protocol.state import (
     DEFAULT_CONTENT_TYPE,
     CreateRequest,
@@ -19,6 +20,15 @@ from ..protocol.state import (
     fork_expiry,
     same_config,
 )
+
+
+def gone_before(state: StreamState) -> ProtocolError:
+    """410 for an offset before the earliest retained one (retention, PROTOCOL.md 4)."""
+    return ProtocolError(410, "offset is before the earliest retained data", {
+        EARLIEST_OFFSET_HEADER: format_offset(state.start)})
+
+
+EARLIEST_OFFSET_HEADER = "stream-earliest-offset"
 
 Lookup = Callable[[str], "StreamState | None"]
 LookupId = Callable[[int], "StreamState | None"]
@@ -33,6 +43,9 @@ class Plan:
     dropped: list[StreamState] = field(default_factory=list)
     created: bool = False
     result: StreamState | None = None
+    #: Registry changes this plan makes, as (operation, state): written in the
+    #: same commit as the plan (store.registry).
+    changes: list[tuple[str, StreamState]] = field(default_factory=list)
 
 
 def plan_create(lookup: Lookup, path: str, req: CreateRequest, payload: bytes | None,
@@ -49,7 +62,8 @@ def plan_create(lookup: Lookup, path: str, req: CreateRequest, payload: bytes | 
     state = StreamState(id=new_id, path=path, content_type=req.content_type or "",
                         created_at=now, last_access=now, ttl=req.ttl,
                         expires_at=req.expires_at, expires_ts=req.expires_ts,
-                        closed=req.closed)
+                        closed=req.closed, retention_bytes=req.retention_bytes,
+                        retention_seconds=req.retention_seconds)
     plan = Plan(created=True, result=state)
     if req.forked_from is not None:
         source = lookup(req.forked_from)
@@ -62,6 +76,8 @@ def plan_create(lookup: Lookup, path: str, req: CreateRequest, payload: bytes | 
         fork_pos = source.tail if req.fork_pos is None else req.fork_pos
         if fork_pos > source.tail:
             raise ProtocolError(400, "Stream-Fork-Offset is beyond the source stream's tail")
+        if fork_pos < source.start:
+            raise gone_before(source)
         state.content_type = source.content_type
         state.ttl, state.expires_at, state.expires_ts = fork_expiry(req, source)
         state.source_id = source.id
@@ -69,6 +85,8 @@ def plan_create(lookup: Lookup, path: str, req: CreateRequest, payload: bytes | 
         state.fork_pos = fork_pos
         state.fork_sub = req.fork_sub
         state.tail = fork_pos
+        # A fork reads the source's data that is still retained (retention).
+        state.start = source.start
         if prefix:
             state.tail += len(prefix)
             plan.records.append((state.id, state.tail, prefix))
@@ -82,6 +100,7 @@ def plan_create(lookup: Lookup, path: str, req: CreateRequest, payload: bytes | 
         state.tail += len(payload)
         plan.records.append((state.id, state.tail, payload))
     plan.states.append(state)
+    plan.changes.append(("insert", state))
     return plan
 
 
@@ -92,8 +111,11 @@ def plan_delete(lookup_id: LookupId, state: StreamState) -> Plan:
         marked = state.copy()
         marked.soft_deleted = True
         plan.states.append(marked)
+        plan.changes.append(("delete", marked))
         return plan
     plan.dropped.append(state)
+    # A source dropped in the cascade below was recorded when it was soft-deleted.
+    plan.changes.append(("delete", state))
     current = state
     while current.source_id is not None:
         parent = lookup_id(current.source_id)

@@ -23,7 +23,9 @@ export function fmtBytes(n) {
   return `${i ? n.toFixed(1) : n} ${units[i]}`;
 }
 
-export const app = { presence: null, notice, fmtBytes, head, sizeOf, Reader, streamLink };
+// registry: what the stream list last read of `__registry__` (path -> entry), which
+// the stream view uses for the one fact HEAD does not give: a fork's source.
+export const app = { presence: null, registry: new Map(), notice, fmtBytes, head, sizeOf, Reader, streamLink };
 
 // -- routing ---------------------------------------------------------------------
 

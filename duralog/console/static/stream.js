@@ -3,7 +3,7 @@
 // the page's URL, so a refresh or a shared link resumes exactly there.
 // Writes go through an idempotent producer (a retry never duplicates).
 
-import { close, create, head, headerMap, isJson, isText, Producer, Reader } from "./api.js";
+import { close, create, head, headerMap, isJson, isText, Producer, Reader, settings } from "./api.js";
 import { HexDump, jsonRows, renderRow, shortOffset, TextLog, VirtualList } from "./list.js";
 import { confirmDelete } from "./streams.js";
 
@@ -99,7 +99,7 @@ export function streamView(main, name, params, app) {
       ["Closed", meta["stream-closed"] === "true" ? "yes" : "no"],
       ["TTL", meta["stream-ttl"] ? `${meta["stream-ttl"]} s` : "none"],
       ["Expires at", meta["stream-expires-at"] || "never"],
-      ["Forked from", meta["stream-forked-from"] || "not a fork"],
+      ["Forked from", (await registryEntry(app, name)).forkedFrom || "not a fork"],
       ["ETag", meta.etag || ""],
     ];
     dl.replaceChildren(...facts.flatMap(([k, v]) => {
@@ -218,6 +218,30 @@ export function streamView(main, name, params, app) {
   });
   view.stop = () => { if (reader) reader.stop(); clearTimeout(urlTimer); };
   return view;
+}
+
+// A stream's registry entry: from the list's copy, or one catch-up read of the registry.
+async function registryEntry(app, name) {
+  if (!app.registry.has(name)) {
+    let offset = "-1";
+    try {
+      for (let reads = 0; reads < 64; reads++) {
+        const res = await fetch(`${settings.prefix}__registry__?offset=${encodeURIComponent(offset)}`, {
+          headers: settings.token ? { Authorization: `Bearer ${settings.token}` } : {}, cache: "no-store",
+        });
+        if (!res.ok) break;
+        for (const e of await res.json()) {
+          if (e && e.type === "stream" && typeof e.key === "string") {
+            if (e.headers && e.headers.operation === "delete") app.registry.delete(e.key);
+            else app.registry.set(e.key, e.value || {});
+          }
+        }
+        offset = res.headers.get("Stream-Next-Offset");
+        if (res.headers.get("Stream-Up-To-Date") === "true") break;
+      }
+    } catch { /* the registry is a nicety here */ }
+  }
+  return app.registry.get(name) || {};
 }
 
 function drawPresence(app, name) {

@@ -56,7 +56,7 @@ export function streamsView(main, app) {
       active++;
       head(path).then((h) => details.set(path, {
         size: sizeOf(h["stream-next-offset"]), closed: h["stream-closed"] === "true",
-        ttl: h["stream-ttl"], expires: h["stream-expires-at"], forkedFrom: h["stream-forked-from"],
+        ttl: h["stream-ttl"], expires: h["stream-expires-at"],
       })).catch((err) => details.set(path, { error: err.status === 404 ? "gone" : `HEAD ${err.status || "failed"}` }))
         .finally(() => { active--; draw(); pump(); });
     }
@@ -83,7 +83,7 @@ export function streamsView(main, app) {
     cell(value.createdAt ? new Date(value.createdAt).toLocaleString() : "");
     cell(facts ? (facts.error || (facts.closed ? "closed" : "open")) : "…");
     cell(facts ? (facts.ttl ? `TTL ${facts.ttl} s` : facts.expires || "") : "");
-    cell(facts && facts.forkedFrom ? facts.forkedFrom.replace(/^.*?\/v1\/stream\//, "") : "");
+    cell(value.forkedFrom || "");  // the registry names a fork's source (HEAD does not, 4.2)
     const del = document.createElement("button");
     del.className = "danger small";
     del.textContent = "Delete";
@@ -108,6 +108,7 @@ export function streamsView(main, app) {
         const op = event.headers && event.headers.operation;
         if (op === "delete") entries.delete(event.key);
         else entries.set(event.key, event.value || { path: event.key });
+        app.registry.set(event.key, entries.get(event.key));
         details.delete(event.key);  // changed: look again
       }
       draw();
