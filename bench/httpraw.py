@@ -8,6 +8,7 @@ reusable buffer and only counted unless the caller asks to keep them. It handles
 
 from __future__ import annotations
 
+import os
 import socket
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -57,6 +58,9 @@ class Conn:
     def request(self, method: str, path: str, body: bytes = b"",
                 headers: dict[str, str] | None = None, keep_body: bool = True) -> Response:
         lines = [f"{method} {path} HTTP/1.1", f"Host: {self.host}:{self.port}"]
+        auth = os.environ.get("BENCH_AUTHORIZATION")
+        if auth:
+            lines.append(f"Authorization: {auth}")
         for k, v in (headers or {}).items():
             lines.append(f"{k}: {v}")
         if body or method in ("POST", "PUT"):

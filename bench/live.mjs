@@ -59,9 +59,13 @@ function lastMark(text) {
   return best
 }
 
+// python -m bench with an auth target sets BENCH_AUTHORIZATION for every request.
+const AUTH = process.env.BENCH_AUTHORIZATION
+  ? { authorization: process.env.BENCH_AUTHORIZATION } : {}
+
 function request(method, url, { agent, headers = {}, body = null } = {}) {
   return new Promise((resolve, reject) => {
-    const req = http.request(url, { method, agent, headers }, (res) => {
+    const req = http.request(url, { method, agent, headers: { ...AUTH, ...headers } }, (res) => {
       const chunks = []
       res.on("data", (c) => chunks.push(c))
       res.on("end", () => resolve({ status: res.statusCode, headers: res.headers,
@@ -127,7 +131,7 @@ class Reader {
 
   poll() {
     if (this.stopped) return
-    const req = http.get(this.url(), { agent: this.agent }, (res) => {
+    const req = http.get(this.url(), { agent: this.agent, headers: AUTH }, (res) => {
       this.waiting = false
       const chunks = []
       res.on("data", (c) => chunks.push(c))
@@ -161,7 +165,7 @@ class Reader {
 
   sse() {
     if (this.stopped) return
-    const req = http.get(this.url(), { agent: this.agent }, (res) => {
+    const req = http.get(this.url(), { agent: this.agent, headers: AUTH }, (res) => {
       if (res.statusCode !== 200) {
         this.error(`HTTP ${res.statusCode}`)
         res.resume()

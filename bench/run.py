@@ -113,6 +113,10 @@ def run(args: argparse.Namespace) -> int:
         if n.partition("@")[0] not in T.SPECS:
             print(f"unknown target {n!r}; choose from {', '.join(T.SPECS)}", file=sys.stderr)
             return 2
+    if any(T.spec_for(n).auth for n in target_names):
+        # Every client sends the token, to every target: auth on and off then differ
+        # only in what the server does with it.
+        os.environ["BENCH_AUTHORIZATION"] = f"Bearer {T.BENCH_TOKEN}"
     if not args.no_install:
         ensure_tools(need_node=True)
     fds = raise_fd_limit()

@@ -36,6 +36,7 @@ class TargetSpec:
     mode: str  # "memory" | "durable"
     server: str  # "uvicorn" | "granian" | "node" | "external"
     flags: tuple[str, ...] = ()  # extra `duralog serve` flags
+    auth: bool = False  # run with an auth file; clients send BENCH_TOKEN
 
 
 SPECS: dict[str, TargetSpec] = {s.name: s for s in [
@@ -51,7 +52,19 @@ SPECS: dict[str, TargetSpec] = {s.name: s for s in [
                ("--no-access-log", "--no-metrics")),
     TargetSpec("duralog-sqlite-bare", "duralog", "durable", "uvicorn",
                ("--no-access-log", "--no-metrics")),
+    TargetSpec("duralog-memory+auth", "duralog", "memory", "uvicorn", auth=True),
+    TargetSpec("duralog-sqlite+auth", "duralog", "durable", "uvicorn", auth=True),
 ]}
+# The bearer token every bench client sends when an auth target is in the run; the
+# +auth targets accept it with every scope (docs/security.md).
+BENCH_TOKEN = "bench-token-with-every-scope-0123456789"
+AUTH_FILE = f"""[[token]]
+name = "bench"
+token = "{BENCH_TOKEN}"
+read = ["**"]
+write = ["**"]
+admin = ["**"]
+"""
 DEFAULT_TARGETS = ["duralog-memory", "ref-memory", "duralog-sqlite", "ref-datadir"]
 
 
@@ -222,6 +235,10 @@ def start(name: str, log_dir: Path, long_poll_timeout: float = 30.0,
                 "--long-poll-timeout", str(long_poll_timeout)]
         if data_dir:
             args += ["--data-dir", data_dir]
+        if spec.auth:
+            auth = log_dir / "auth.toml"
+            auth.write_text(AUTH_FILE)
+            args += ["--auth", str(auth)]
         args += list(spec.flags)
     elif spec.server == "granian":
         env["DURALOG_BACKEND"] = "memory" if spec.mode == "memory" else "sqlite"

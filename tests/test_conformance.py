@@ -65,3 +65,44 @@ def test_official_conformance_suite(backend: str, tmp_path: Path, node_available
     assert failed == [], "\n".join(failed)
     assert result["numPassedTests"] == EXPECTED_PASSED
     assert result["numFailedTests"] == 0
+
+
+@pytest.mark.timeout(1200)
+@pytest.mark.parametrize("backend", ["memory", "sqlite"])
+def test_conformance_with_auth(backend: str, tmp_path: Path, node_available: None) -> None:
+    """The same suite with auth on, through tests/auth_proxy.py adding a minted token of
+    every scope over every stream (docs/security.md)."""
+    import sys
+
+    from duralog.auth import mint_token
+
+    from .servers import ServerProcess, free_port
+
+    secret = "conformance-signing-secret-0123456789"
+    auth = tmp_path / "auth.toml"
+    auth.write_text(f'signing_secret = "{secret}"\n')
+    token = mint_token(secret, read=["**"], write=["**"], admin=["**"], ttl=3600)
+    server = duralog_server(backend, data_dir=tmp_path / "data",
+                            extra=["--long-poll-timeout", "3", "--auth", str(auth)],
+                            log_path=tmp_path / "server.log").start()
+    port = free_port()
+    proxy = ServerProcess([sys.executable, str(ROOT / "tests/auth_proxy.py"), "--listen",
+                           str(port), "--upstream", f"127.0.0.1:{server.port}", "--token",
+                           token], port)
+    try:
+        import httpx
+
+        # Auth is really on: without the proxy a write is refused.
+        assert httpx.put(server.url + "/v1/stream/unauthorized").status_code == 401
+        proxy.start()
+        result = run_conformance(proxy.url, tmp_path / "report.json")
+    finally:
+        proxy.stop()
+        server.stop()
+    failed = failures(result)
+    print(f"conformance+auth[{backend}]: {result['numPassedTests']} passed, "
+          f"{result['numFailedTests']} failed, {result['numPendingTests']} skipped "
+          f"of {result['numTotalTests']}")
+    assert failed == [], "\n".join(failed)
+    assert result["numPassedTests"] == EXPECTED_PASSED
+    assert result["numFailedTests"] == 0

@@ -1,4 +1,11 @@
 -- Shared by the bench scripts: a done() that prints one JSON line for bench/wrk.py.
+
+-- python -m bench with an auth target sets BENCH_AUTHORIZATION; every request then
+-- carries it (servers without auth ignore it, so both sides parse the same bytes).
+function auth_header()
+  local value = os.getenv("BENCH_AUTHORIZATION")
+  if value then wrk.headers["Authorization"] = value end
+end
 function done(summary, latency, requests)
   local e = summary.errors
   io.write(string.format(

@@ -4,5 +4,6 @@ dofile(os.getenv("BENCH_LUA_DIR") .. "/common.lua")
 
 function init(args)
   wrk.method = "GET"
+  auth_header()
   wrk.headers["If-None-Match"] = args[1]
 end

@@ -15,6 +15,7 @@ end
 
 function init(args)
   wrk.method = "POST"
+  auth_header()
   wrk.headers["Content-Type"] = args[1]
   local kind, a, b = string.match(args[2], "^(%a+):(%d+):?(%d*)$")
   if kind == "bytes" then

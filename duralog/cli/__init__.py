@@ -13,7 +13,7 @@ import sys
 from .. import __version__
 
 # Subcommand modules, in the order `duralog --help` lists them.
-COMMANDS = ["serve", "streams", "state", "backup", "check", "keys"]
+COMMANDS = ["serve", "streams", "state", "backup", "check", "keys", "token"]
 
 
 def build_parser() -> argparse.ArgumentParser:

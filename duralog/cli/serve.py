@@ -76,6 +76,31 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="drop appends older than this from streams created without "
                         "Stream-Retention-Seconds (default 0: keep all; "
                         "DURALOG_RETENTION_SECONDS)")
+    sec = p.add_argument_group("security (docs/security.md)")
+    sec.add_argument("--auth", metavar="FILE",
+                     help="auth file (TOML): bearer tokens and their scopes, a signing secret, "
+                          "rate limits; without it anyone can read and write (DURALOG_AUTH)")
+    sec.add_argument("--cors-origins", metavar="LIST",
+                     help="comma-separated origins browsers may call from (default *; with "
+                          "--auth only listed origins may write; DURALOG_CORS_ORIGINS)")
+    sec.add_argument("--allowed-hosts", metavar="LIST",
+                     help="comma-separated Host values to answer, others get 400 (default *; "
+                          "DURALOG_ALLOWED_HOSTS)")
+    sec.add_argument("--max-connections", type=int, metavar="N",
+                     help="open connections; past it new ones get a fast 503 (default: from "
+                          "the file-descriptor limit; DURALOG_MAX_CONNECTIONS)")
+    sec.add_argument("--header-timeout", type=float, metavar="SECONDS",
+                     help="time for a request's headers to arrive (default 10)")
+    sec.add_argument("--body-timeout", type=float, metavar="SECONDS",
+                     help="time a request body may stall (default 30)")
+    sec.add_argument("--send-timeout", type=float, metavar="SECONDS",
+                     help="time a client may leave a response unread (default 60)")
+    sec.add_argument("--max-header-bytes", type=parse_size, metavar="BYTES",
+                     help="request header block limit, larger gets 431 (default 16KiB)")
+    sec.add_argument("--max-header-fields", type=int, metavar="N",
+                     help="request header field limit, more gets 431 (default 100)")
+    sec.add_argument("--max-request-line", type=parse_size, metavar="BYTES",
+                     help="request line limit, longer gets 414 (default 8KiB)")
     p.add_argument("--console", action=argparse.BooleanOptionalAction, default=None,
                    help="serve the web console at / (default on; DURALOG_CONSOLE)")
     p.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"],
@@ -123,6 +148,11 @@ def run(args: argparse.Namespace) -> int:
             max_body_size=args.max_body_size, access_log=args.access_log,
             metrics=args.metrics, log_format=args.log_format,
             forwarded_allow_ips=args.forwarded_allow_ips, console=args.console,
+            auth=args.auth, cors_origins=args.cors_origins,
+            allowed_hosts=args.allowed_hosts, max_connections=args.max_connections,
+            header_timeout=args.header_timeout, body_timeout=args.body_timeout,
+            send_timeout=args.send_timeout, max_header_bytes=args.max_header_bytes,
+            max_header_fields=args.max_header_fields, max_request_line=args.max_request_line,
             producer_ttl=args.producer_ttl, retention_bytes=args.retention_bytes,
             retention_seconds=args.retention_seconds, yjs=args.yjs,
             yjs_compaction_bytes=args.yjs_compaction_bytes,
@@ -139,18 +169,25 @@ def run(args: argparse.Namespace) -> int:
 
     configure_logging(level, config.log_format, config.access_log)
     _proxy_settings(args)
-    _raise_fd_limit()
+    limit = _raise_fd_limit()
+    # Keep some descriptors for the store, logs and the listening socket.
+    max_connections = config.max_connections or max(64, limit - 128)
+    if not config.auth and not _is_loopback(config.host):
+        print(f"duralog: WARNING: no --auth and listening on {config.host}: anyone who can "
+              f"reach this port can read, write and delete every stream "
+              f"(docs/security.md)", file=sys.stderr, flush=True)
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvicorn[standard] brings it
-        return asyncio.run(_serve(config, level))
-    return uvloop.run(_serve(config, level))
+        return asyncio.run(_serve(config, level, max_connections))
+    return uvloop.run(_serve(config, level, max_connections))
 
 
-async def _serve(config: Config, level: str) -> int:
+async def _serve(config: Config, level: str, max_connections: int) -> int:
     import uvicorn
 
     from ..server.app import DuralogApp
+    from ..server.limits import LimitedHttpToolsProtocol
     from ..server.observe import flush_access_log
 
     try:
@@ -183,7 +220,9 @@ async def _serve(config: Config, level: str) -> int:
 
     server: Any = _server(uvicorn.Config(
         app, log_level=level, log_config=None, access_log=False, lifespan="off",
-        timeout_graceful_shutdown=GRACEFUL_SECONDS, http="httptools", backlog=4096,
+        timeout_graceful_shutdown=GRACEFUL_SECONDS, backlog=4096,
+        # httptools with duralog's HTTP limits and timeouts (server/limits.py).
+        http=LimitedHttpToolsProtocol.configure(config, max_connections),
         # No proxy-headers middleware (forwarded.py does what we need, for the
         # addresses allowed) and no Server header: less work per request. A longer
         # keep-alive, so a loaded server does not close a connection whose next
@@ -285,13 +324,26 @@ def _tune_gc() -> None:
     gc.set_threshold(50_000, 20, 50)
 
 
-def _raise_fd_limit() -> None:
-    """Each live reader holds a socket: allow as many as the hard limit permits."""
+def _raise_fd_limit() -> int:
+    """Each live reader holds a socket: allow as many as the hard limit permits.
+    Returns the limit in force."""
     try:
         import resource
 
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         if soft < hard:
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     except (ImportError, ValueError, OSError):
-        pass
+        return 1024
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False

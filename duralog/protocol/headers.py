@@ -122,10 +122,21 @@ def media_type(content_type: str | None) -> str:
 
 
 _MEDIA_TYPE = re.compile(r"[A-Za-z0-9!#$&^_.+-]+/[A-Za-z0-9!#$&^_.+-]+")
+# Issue 9 / PROTOCOL.md 12.4: a stored Content-Type is echoed on every read, so it is
+# short and plain: visible ASCII and spaces, echoed byte for byte.
+MAX_CONTENT_TYPE = 256
+_VISIBLE_ASCII = re.compile(r"[\x20-\x7e]*")
+
+
+def is_plain_header_value(content_type: str) -> bool:
+    """At most MAX_CONTENT_TYPE characters, all visible ASCII or spaces."""
+    return (len(content_type) <= MAX_CONTENT_TYPE
+            and _VISIBLE_ASCII.fullmatch(content_type) is not None)
 
 
 def is_valid_content_type(content_type: str) -> bool:
-    return bool(_MEDIA_TYPE.fullmatch(media_type(content_type)))
+    return is_plain_header_value(content_type) and bool(
+        _MEDIA_TYPE.fullmatch(media_type(content_type)))
 
 
 def is_json(content_type: str | None) -> bool:

@@ -17,6 +17,9 @@ from .errors import ProtocolError
 MAX_NAME_BYTES = 1024
 _FORBIDDEN_ESCAPES = (b"%2f", b"%5c", b"%00")
 _FORBIDDEN_CHARS = re.compile(r"[\x00-\x1f\x7f\\]")
+# RFC 3986 2.1: '%' starts exactly two hex digits. Anything else is refused, not
+# passed through: otherwise `x%zz` and `x%25zz` would name the same stream.
+_BAD_ESCAPE = re.compile(rb"%(?![0-9A-Fa-f]{2})")
 
 
 @lru_cache(maxsize=4096)
@@ -28,6 +31,8 @@ def stream_name(raw: bytes) -> str:
     """
     if not raw:
         raise ProtocolError(404, "no stream name in the path")
+    if b"%" in raw and _BAD_ESCAPE.search(raw):
+        raise ProtocolError(400, "stream name has an invalid percent-escape")
     lowered = raw.lower()
     for escape in _FORBIDDEN_ESCAPES:
         if escape in lowered:
@@ -45,3 +50,20 @@ def stream_name(raw: bytes) -> str:
         if segment in ("", ".", ".."):
             raise ProtocolError(400, "stream name has an empty, '.' or '..' segment")
     return name
+
+
+def source_stream_name(value: str, stream_prefix: str) -> str:
+    """4.2: Stream-Forked-From is a path on this server; the stream name it names.
+
+    Shared by the fork handler and the access-control layer, so both read the
+    same source from the same header.
+    """
+    raw = value.strip().encode("utf-8", "surrogateescape")
+    if b"://" in raw:
+        raise ProtocolError(400, "Stream-Forked-From must be a path on this server")
+    raw = raw.split(b"?", 1)[0]
+    prefix = stream_prefix.encode()
+    index = raw.find(prefix)
+    if index < 0:
+        raise ProtocolError(404, "source stream not found")
+    return stream_name(raw[index + len(prefix):])

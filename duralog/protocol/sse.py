@@ -17,10 +17,14 @@ _LINE_BREAK = re.compile(r"\r\n|\r|\n")
 
 
 def event(name: str, payload: str) -> bytes:
-    lines = _LINE_BREAK.split(payload)
-    body = "".join(f"data: {line}\n" if line.startswith(" ") else f"data:{line}\n"
-                   for line in lines)
-    return f"event: {name}\n{body}\n".encode()
+    # Whole-string operations only (C speed): a 1 MiB chunk of empty lines built line
+    # by line in Python held the event loop for a quarter of a second (issue 9).
+    text = _LINE_BREAK.sub("\n", payload) if "\r" in payload else payload
+    if " " in text:
+        text = text.replace("\n ", "\n  ")
+        if text.startswith(" "):
+            text = " " + text
+    return f"event: {name}\ndata:{text.replace(chr(10), chr(10) + 'data:')}\n\n".encode()
 
 
 def data_event(payload: str) -> bytes:

@@ -28,10 +28,12 @@ from typing import Any, Protocol
 import orjson
 from prometheus_client import CollectorRegistry
 
+from .. import offload
 from ..protocol.errors import ProtocolError
 from ..protocol.paths import stream_name
 from ..proxy.mount import proxy_app
 from ..store import Store, open_store
+from .auth import secure
 from .config import Config
 from .console import ConsoleApp
 from .context import ServerContext
@@ -119,7 +121,9 @@ class DuralogApp:
                               self.metrics)
         self.streams.live = self.live
         # Cross-cutting layers wrap the composed app once, outermost last.
-        self._entry: ASGIApp = self._http
+        # Host, CORS, rate limits and access control (server/auth.py) inside the
+        # access log and metrics, so refusals are logged and counted too.
+        self._entry: ASGIApp = secure(self._http, self.config)
         if self.config.access_log or self.metrics is not None:
             self._entry = ObserveLayer(self._entry, self.metrics, self.config.access_log)
         root = self.config.stream_prefix.rstrip("/")
@@ -154,6 +158,7 @@ class DuralogApp:
         for _, app in reversed(self._sub_apps()):
             await app.shutdown()
         await self.store.stop()
+        offload.shutdown()
 
     def begin_shutdown(self) -> None:
         """Readiness turns 503 and every live reader gets its normal end now (live.py).

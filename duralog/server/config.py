@@ -47,6 +47,18 @@ class Config:
     webhook_retry_max: float = 60.0
     webhook_concurrency: int = 4
     subscription_compact_every: int = 20_000  # journal events between snapshots
+    # Security (docs/security.md). An empty auth means no access control.
+    auth: str = ""  # path of the auth file (TOML): tokens, scopes, signing secret, rate limits
+    cors_origins: str = "*"  # comma-separated browser origins; * = any (with auth: reads)
+    allowed_hosts: str = "*"  # comma-separated Host values answered; others get 400
+    # HTTP limits, enforced by duralog.server.limits under `duralog serve`.
+    max_header_bytes: int = 16 << 10  # request header block larger: 431
+    max_header_fields: int = 100  # more header fields: 431
+    max_request_line: int = 8 << 10  # longer request line: 414
+    header_timeout: float = 10.0  # seconds for a request's header block to arrive
+    body_timeout: float = 30.0  # seconds a request body may stall between reads
+    send_timeout: float = 60.0  # seconds a client may leave a response unread
+    max_connections: int = 0  # open connections; past it a fast 503 (0: from the fd limit)
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None, **overrides: object) -> Config:
@@ -69,7 +81,8 @@ class Config:
         if self.backend not in ("memory", "sqlite"):
             raise ValueError(f"backend must be memory or sqlite, not {self.backend!r}")
         for name in ("long_poll_timeout", "sse_max_duration", "sweep_interval", "producer_ttl",
-                     "webhook_timeout", "webhook_retry_base", "webhook_retry_max"):
+                     "webhook_timeout", "webhook_retry_base", "webhook_retry_max",
+                     "header_timeout", "body_timeout", "send_timeout"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name.replace('_', '-')} must be positive")
         for name in ("retention_bytes", "retention_seconds"):
@@ -79,6 +92,11 @@ class Config:
                      "yjs_awareness_ttl", "webhook_concurrency", "subscription_compact_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name.replace('_', '-')} must be at least 1 byte")
+        for name in ("max_header_bytes", "max_header_fields", "max_request_line"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name.replace('_', '-')} must be at least 1")
+        if self.max_connections < 0:
+            raise ValueError("max-connections must not be negative")
         if not (self.stream_prefix.startswith("/") and self.stream_prefix.endswith("/")):
             raise ValueError("stream prefix must start and end with '/'")
         if self.log_format not in ("text", "json"):

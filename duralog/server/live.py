@@ -126,6 +126,7 @@ class LiveReads:
         keepalive = self.config.long_poll_timeout
         watcher = DisconnectWatcher(req.receive)
         first = True
+        behind = False  # the last event left more to send: a catch-up in several chunks
         try:
             while not watcher.gone:
                 current = self.ops.current(req.name, state.id)
@@ -135,11 +136,23 @@ class LiveReads:
                 if pos < state.start:
                     break  # retention dropped what this reader had not read: a reconnect gets 410
                 if pos < state.tail:
+                    if behind:
+                        # Catching up over many chunks (issue 9): an empty write waits
+                        # until the client has taken the last chunk (the server's flow
+                        # control), so a slow reader holds one encoded chunk, not two;
+                        # and yielding lets the disconnect watcher see a reader that
+                        # left, which then stops costing work at once.
+                        await send({"type": "http.response.body", "body": b"",
+                                    "more_body": True})
+                        await asyncio.sleep(0)
+                        if watcher.gone:
+                            break
                     before = pos
                     data_event, pos = await self._sse_data(state, pos, encoding, decoder)
                     if self.metrics is not None:
                         self.metrics.read_bytes += pos - before
                     up_to_date = pos >= state.tail
+                    behind = not up_to_date
                     closed = state.closed and up_to_date
                     await send({"type": "http.response.body", "more_body": True,
                                  "body": data_event + sse.control_event(

@@ -12,11 +12,12 @@ import logging
 import time
 from typing import Protocol
 
+from .. import offload
 from ..protocol import headers as H
 from ..protocol import jsonmode
 from ..protocol.errors import ProtocolError
 from ..protocol.offsets import NOW, START, format_offset, parse_offset
-from ..protocol.paths import stream_name
+from ..protocol.paths import source_stream_name
 from ..protocol.state import AppendRequest, CreateRequest, StreamState
 from ..store import Store
 from ..store.plans import EARLIEST_OFFSET_HEADER, gone_before
@@ -98,7 +99,7 @@ class StreamOps:
         payload: bytes | None = None
         if body:
             if H.is_json(effective_type):
-                payload = jsonmode.append_fragment(body, allow_empty=True)
+                payload = await offload.append_fragment(body, allow_empty=True)
             else:
                 payload = body
 
@@ -139,16 +140,9 @@ class StreamOps:
         return values[0], values[1]
 
     def _source_name(self, value: str) -> str:
-        """4.2: Stream-Forked-From is a path on this server; map it to a stream name."""
-        raw = value.strip().encode("utf-8", "surrogateescape")
-        if b"://" in raw:
-            raise ProtocolError(400, "Stream-Forked-From must be a path on this server")
-        raw = raw.split(b"?", 1)[0]
-        prefix = self.config.stream_prefix.encode()
-        index = raw.find(prefix)
-        if index < 0:
-            raise ProtocolError(404, "source stream not found")
-        return stream_name(raw[index + len(prefix):])
+        """4.2: Stream-Forked-From is a path on this server; map it to a stream name.
+        (The access-control layer reads the same header with the same function.)"""
+        return source_stream_name(value, self.config.stream_prefix)
 
     def _location(self, req: Request) -> str:
         scope = req.scope
@@ -166,6 +160,9 @@ class StreamOps:
                                     req.header(H.PRODUCER_SEQ))
         stream_seq = H.parse_stream_seq(req.header(H.STREAM_SEQ))
         content_type = req.header("content-type")
+        if content_type is not None and not H.is_plain_header_value(content_type):
+            raise ProtocolError(400, f"Content-Type must be at most {H.MAX_CONTENT_TYPE} "
+                                     "bytes of visible ASCII")
         body = await read_body(req, self.config.max_body_size)
         if not body and not close:
             raise ProtocolError(400, "empty body: an append needs data (or Stream-Closed: "
@@ -180,7 +177,7 @@ class StreamOps:
                 raise ProtocolError(409, "content type does not match the stream's "
                                          f"({state.content_type})")
             if H.is_json(state.content_type):
-                payload = jsonmode.append_fragment(body, allow_empty=False)
+                payload = await offload.append_fragment(body, allow_empty=False)
                 assert payload is not None
         decision, state = await self.store.append(req.name, AppendRequest(
             payload=payload, content_type=content_type, stream_seq=stream_seq,

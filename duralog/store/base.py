@@ -19,9 +19,9 @@ from bisect import bisect_right
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from ..offload import fragment_prefix
 from ..protocol.errors import ProtocolError
 from ..protocol.headers import is_json
-from ..protocol.jsonmode import fragment, fragment_messages
 from ..protocol.state import AppendDecision, AppendRequest, CreateRequest, StreamState
 from . import registry as reg
 from .plans import gone_before
@@ -415,10 +415,7 @@ class Store(ABC):
             raise ProtocolError(400, "Stream-Fork-Sub-Offset points past the source's data")
         first = chunk.parts[0]
         if is_json(source.content_type):
-            messages = fragment_messages(first)
-            if sub > len(messages):
-                raise ProtocolError(400, "Stream-Fork-Sub-Offset is past the next append")
-            return fragment(messages[:sub])
+            return await fragment_prefix(first, sub)
         if sub > len(first):
             raise ProtocolError(400, "Stream-Fork-Sub-Offset is past the next append")
         return first[:sub]
