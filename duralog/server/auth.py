@@ -23,7 +23,7 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
-from urllib.parse import parse_qsl, urlencode
+from urllib.parse import parse_qsl, unquote, urlencode
 
 import orjson
 
@@ -39,6 +39,8 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 REGISTRY = "__registry__"
 RESERVED = "__ds"  # PROTOCOL.md 6: control APIs
+_YJS_ROOT = b"/v1/yjs/"  # YJS-PROTOCOL.md documents (duralog/yjs)
+_YJS_SCOPES = {"GET": "read", "HEAD": "read", "PUT": "write", "POST": "write"}
 _DECISIONS_KEPT = 8192
 _WRITE_METHODS = frozenset({"POST", "PUT", "DELETE", "PATCH"})
 _ALL_METHODS = b"GET, POST, PUT, DELETE, HEAD, OPTIONS"
@@ -281,12 +283,23 @@ class SecurityLayer:
         if not raw.startswith(self.prefix):
             if raw == b"/metrics" or raw.startswith(b"/metrics/"):
                 return [("admin", RESERVED + "/metrics")]
+            if raw.startswith(_YJS_ROOT) and method != "OPTIONS":
+                # A Yjs document's streams are yjs/{service}/docs/{docPath}/...
+                # (docs/yjs.md), so the document is guarded like a stream of that path.
+                path = "yjs/" + unquote(raw[len(_YJS_ROOT):].decode("latin-1")).strip("/")
+                return [(_YJS_SCOPES.get(method, "admin"), path)]
             # The health probes, the console's static files, and mounts with their own
             # access rules (the proxy's --proxy-secret, PROXY-PROTOCOL.md) are not
             # governed by the auth file.
             return []
         name = stream_name(raw[len(self.prefix):])
         if name.split("/", 1)[0] == RESERVED:
+            parts = name.split("/")
+            if name == RESERVED + "/jwks.json" and method in ("GET", "HEAD"):
+                return []  # PROTOCOL.md 6.5: the webhook keys are public
+            if (method == "POST" and len(parts) == 4 and parts[1] == "subscriptions"
+                    and parts[3] in ("callback", "ack", "release")):
+                return []  # 7.1, 7.2: these carry the wake's own bearer token
             return [("admin", name)]
         if method in ("GET", "HEAD"):
             return [("read", name)]
