@@ -1,6 +1,7 @@
 """A process that starts a durable fetch, consumes some chunks, then dies (kill -9 style).
 
-``python tests/fetch_child.py PROXY UPSTREAM_URL SQLITE_PATH OUT_FILE CHUNKS``
+``python -m tests.fetch_child PROXY UPSTREAM_URL SQLITE_PATH OUT_FILE CHUNKS`` (from the
+repository's root, so ``tests`` is importable)
 """
 
 from __future__ import annotations

@@ -260,7 +260,8 @@ class Appender(threading.Thread):
 
 
 def check_trimmed(server: ServerProcess, app: Appender, limit: int) -> int:
-    """The retained data is a whole-append suffix of what was written, at its offsets."""
+    """The retained data is a whole-append suffix of what was written, at its offsets.
+    Returns the earliest retained position."""
     url = server.url + "/v1/stream/trimmed"
     head = httpx.head(url)
     start = int(head.headers["stream-earliest-offset"][17:])
@@ -288,7 +289,7 @@ def check_trimmed(server: ServerProcess, app: Appender, limit: int) -> int:
     if start:
         r = httpx.get(url, params={"offset": f"{0:016d}_{start - 1:016d}"})
         assert r.status_code == 410
-    return len(numbers)
+    return start
 
 
 @pytest.mark.timeout(300 + 6 * KILLS)
@@ -302,6 +303,7 @@ def test_kill_during_retention_trimming(tmp_path: Path) -> None:
         **TEXT, "stream-retention-bytes": str(limit)}).status_code == 201
     app = Appender(server)
     app.start()
+    earliest = 0
     try:
         for _ in range(KILLS):
             time.sleep(rng.uniform(0.1, 0.6))
@@ -309,7 +311,7 @@ def test_kill_during_retention_trimming(tmp_path: Path) -> None:
             app.pause()
             check_killed(tmp_path / "data")
             server.start()
-            check_trimmed(server, app, limit)
+            earliest = check_trimmed(server, app, limit)
             app.running.set()
     finally:
         app.done = True
@@ -319,4 +321,6 @@ def test_kill_during_retention_trimming(tmp_path: Path) -> None:
     print(f"\nretention crash test: {KILLS} SIGKILLs while appending to a stream kept at "
           f"{limit} bytes; {len(app.acked)} acknowledged appends, retained data whole and "
           "at its offsets after every restart")
-    assert len(app.acked) * 30 > 3 * limit  # it really trimmed
+    # It really trimmed: data was dropped from the front (how much depends on how
+    # fast this machine appended between kills, so only that it happened).
+    assert earliest > 0, f"no trimming happened in {len(app.acked)} appends"

@@ -114,7 +114,7 @@ def test_process_restart_resumes_from_the_saved_offset(kind, proxy, upstream, tm
     out = tmp_path / "consumed.bin"
     if kind == "sqlite":
         db = tmp_path / "fetch.db"
-        child = subprocess.run([sys.executable, "tests/fetch_child.py", P(proxy), url, str(db),
+        child = subprocess.run([sys.executable, "-m", "tests.fetch_child", P(proxy), url, str(db),
                                 str(out), "3"], cwd=ROOT, capture_output=True, timeout=60)
         assert child.returncode == 9, child.stderr.decode()
         storage = SQLiteStorage(db)
