@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 from urllib.parse import parse_qsl
@@ -38,39 +37,3 @@ class Request:
 
 class Disconnected(Exception):
     pass
-
-
-class DisconnectWatcher:
-    """Waits on a stream change while noticing a client that left (so a departed
-    live reader frees its slot at once, not at its next timeout)."""
-
-    __slots__ = ("gone", "task", "waiting")
-
-    def __init__(self, receive: Receive) -> None:
-        self.gone = False
-        self.waiting: asyncio.Future[None] | None = None
-        self.task = asyncio.ensure_future(self._watch(receive))
-
-    async def _watch(self, receive: Receive) -> None:
-        while (await receive())["type"] != "http.disconnect":
-            pass
-        self.gone = True
-        if self.waiting is not None and not self.waiting.done():
-            self.waiting.set_result(None)
-
-    async def wait(self, fut: asyncio.Future[None], timeout: float) -> bool:
-        if self.gone:
-            return True
-        self.waiting = fut
-        try:
-            async with asyncio.timeout(timeout):
-                await fut
-        except TimeoutError:
-            return False
-        finally:
-            self.waiting = None
-        return True
-
-    def cancel(self) -> None:
-        if not self.task.done():
-            self.task.cancel()

@@ -20,7 +20,8 @@ from ..protocol import sse
 from ..protocol.errors import ProtocolError
 from ..protocol.offsets import NOW, START, format_offset, parse_offset
 from ..protocol.state import StreamState
-from .asgi import DisconnectWatcher, Headers, Request, Send
+from ..server.http import DisconnectWatcher
+from .asgi import Headers, Request, Send
 from .errors import ProxyError
 
 if TYPE_CHECKING:

@@ -23,6 +23,7 @@ from ..protocol import sse
 from ..protocol.errors import ProtocolError
 from ..protocol.offsets import NOW, START, format_offset, parse_offset
 from ..protocol.state import StreamState
+from ..server.http import DisconnectWatcher
 from ..store import Store
 from .asgi import Headers, Receive, Responder, Send, YjsError
 
@@ -64,41 +65,6 @@ async def read_whole(store: Store, state: StreamState, start: int = 0,
         parts.extend(got.parts)
         pos = got.next_pos
     return b"".join(parts)
-
-
-class _DisconnectWatcher:
-    """Notices a live reader that went away, so its wait ends at once."""
-
-    __slots__ = ("gone", "task", "waiting")
-
-    def __init__(self, receive: Receive) -> None:
-        self.gone = False
-        self.waiting: asyncio.Future[None] | None = None
-        self.task = asyncio.ensure_future(self._watch(receive))
-
-    async def _watch(self, receive: Receive) -> None:
-        while (await receive())["type"] != "http.disconnect":
-            pass
-        self.gone = True
-        if self.waiting is not None and not self.waiting.done():
-            self.waiting.set_result(None)
-
-    async def wait(self, fut: asyncio.Future[None], timeout: float) -> bool:
-        if self.gone:
-            return True
-        self.waiting = fut
-        try:
-            async with asyncio.timeout(timeout):
-                await fut
-        except TimeoutError:
-            return False
-        finally:
-            self.waiting = None
-        return True
-
-    def cancel(self) -> None:
-        if not self.task.done():
-            self.task.cancel()
 
 
 class StreamReader:
@@ -157,7 +123,7 @@ class StreamReader:
             await self._catch_up(send, state, pos, cursors.next_cursor(client_cursor))
             return
         deadline = time.monotonic() + self.settings.long_poll_timeout
-        watcher = _DisconnectWatcher(receive)
+        watcher = DisconnectWatcher(receive)
         path = state.path
         try:
             while True:
@@ -217,7 +183,7 @@ class StreamReader:
         ]})
         deadline = time.monotonic() + self.settings.sse_max_duration
         keepalive = self.settings.long_poll_timeout
-        watcher = _DisconnectWatcher(receive)
+        watcher = DisconnectWatcher(receive)
         path = state.path
         announce = True
         try:
