@@ -31,10 +31,16 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
 
 
 def rewrite_head(head: bytes, token: str) -> bytes:
+    """The request head with our token added, unless the client sent its own
+    Authorization (the suite's subscription callbacks carry their wake token)."""
     lines = head.split(b"\r\n")
-    kept = [lines[0]] + [line for line in lines[1:] if line and line.split(b":", 1)[0].strip()
-                         .lower() not in (b"connection", b"authorization")]
-    kept += [b"Authorization: Bearer " + token.encode(), b"Connection: close"]
+    fields = [line for line in lines[1:] if line]
+    names = [line.split(b":", 1)[0].strip().lower() for line in fields]
+    kept = [lines[0]] + [line for line, name in zip(fields, names, strict=True)
+                         if name != b"connection"]
+    if b"authorization" not in names:
+        kept.append(b"Authorization: Bearer " + token.encode())
+    kept.append(b"Connection: close")
     return b"\r\n".join(kept) + b"\r\n\r\n"
 
 

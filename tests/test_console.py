@@ -251,7 +251,7 @@ def test_fork_close_and_delete_from_the_page(server: ServerProcess, page: object
     page.fill("#fork-form input[name=name]", fork)
     page.click("#fork-form button[value=ok]")
     page.wait_for_url(f"**/#/s/{fork}**")
-    wait_rows(page, '"a":2')
+    wait_rows(page, '"a":2', timeout=20_000)
     # HEAD does not name a fork's source (4.2); the registry's insert does.
     assert "stream-forked-from" not in httpx.head(f"{server.url}/v1/stream/{fork}").headers
     inserts = [e for e in messages(server, "__registry__")

@@ -23,6 +23,7 @@ from ..protocol.state import StreamState
 from ..state import events
 
 REGISTRY = "__registry__"
+RESERVED = "__ds"
 REGISTRY_CONTENT_TYPE = "application/json"
 
 
@@ -48,9 +49,16 @@ def encode_events(events: Iterable[dict[str, Any]]) -> bytes:
     return fragment([orjson.dumps(e) for e in events])
 
 
+def listed(path: str, registry: str) -> bool:
+    """Whether the registry lists ``path``: not itself, and not the server's own streams
+    under the reserved ``__ds`` segment (PROTOCOL.md 6: subscription state, proxy
+    bodies), which clients cannot reach as streams."""
+    return path != registry and path.split("/", 1)[0] != RESERVED
+
+
 def changes_payload(changes: Iterable[tuple[str, StreamState]], registry: str) -> bytes:
     """What to append to the registry for a plan's changes (b"": nothing)."""
-    return encode_events(change_event(op, s) for op, s in changes if s.path != registry)
+    return encode_events(change_event(op, s) for op, s in changes if listed(s.path, registry))
 
 
 def can_record(registry: StreamState | None) -> bool:
@@ -88,7 +96,7 @@ def missing_events(live: dict[str, dict[str, Any]], streams: Iterable[StreamStat
     missing: list[dict[str, Any]] = []
     present: set[str] = set()
     for state in sorted(streams, key=lambda s: (s.created_at, s.id)):
-        if state.path == registry:
+        if not listed(state.path, registry):
             continue
         present.add(state.path)
         entry = live.get(state.path)

@@ -37,9 +37,18 @@ class SubscriptionsApp:
             endpoint_concurrency=getattr(c, "webhook_concurrency", 4))
         self.manager.journal.compact_every = getattr(c, "subscription_compact_every", 20_000)
         self.routes = Routes(self.manager, Responses(c.cors_origin))
+        self.ctx = ctx
 
     async def startup(self) -> None:
-        await self.manager.start()
+        # Subscription state that cannot be read (a damaged journal: duralog check says
+        # what) takes subscriptions down, not the server: streams go on being served
+        # and the control API answers 503 with the reason.
+        self.failure: str | None = None
+        try:
+            await self.manager.start()
+        except Exception as exc:
+            self.failure = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            self.ctx.log.error("subscriptions are unavailable: %s", self.failure)
 
     async def shutdown(self) -> None:
         await self.manager.stop()
@@ -48,7 +57,9 @@ class SubscriptionsApp:
         if not self.manager.started:
             from .model import SubscriptionError
 
-            err = SubscriptionError("UNAVAILABLE", "subscriptions are starting or stopped")
+            failure = getattr(self, "failure", None)
+            err = SubscriptionError("UNAVAILABLE", f"subscriptions are unavailable: {failure}"
+                                    if failure else "subscriptions are starting or stopped")
             import orjson
             await self.routes.http.respond(send, err.status, [(b"content-type",
                                                                b"application/json")],
