@@ -292,15 +292,20 @@ class SecurityLayer:
             # access rules (the proxy's --proxy-secret, PROXY-PROTOCOL.md) are not
             # governed by the auth file.
             return []
-        name = stream_name(raw[len(self.prefix):])
-        if name.split("/", 1)[0] == RESERVED:
-            parts = name.split("/")
+        rest = raw[len(self.prefix):]
+        if rest.split(b"/", 1)[0] == RESERVED.encode():
+            # Control APIs carry stream paths percent-encoded inside their own path
+            # (PROTOCOL.md 6: `streams/a%2Fb`), which stream_name refuses; the control
+            # API checks its own path, this layer only needs its segments.
+            parts = rest.decode("latin-1").split("/")
+            name = "/".join(parts)
             if name == RESERVED + "/jwks.json" and method in ("GET", "HEAD"):
                 return []  # PROTOCOL.md 6.5: the webhook keys are public
             if (method == "POST" and len(parts) == 4 and parts[1] == "subscriptions"
                     and parts[3] in ("callback", "ack", "release")):
                 return []  # 7.1, 7.2: these carry the wake's own bearer token
             return [("admin", name)]
+        name = stream_name(rest)
         if method in ("GET", "HEAD"):
             return [("read", name)]
         if method == "OPTIONS":
