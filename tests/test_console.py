@@ -282,7 +282,8 @@ def test_the_stream_list_is_live_and_filters(server: ServerProcess, page: object
     row.wait_for()
     post(server, name, b'{"x": "0123456789"}')
     page.fill("#filter", name)
-    assert page.locator("#stream-rows tr").count() == 1
+    # The list redraws on the next frame: wait for it rather than count at once.
+    page.wait_for_function("() => document.querySelectorAll('#stream-rows tr').length === 1")
     shot(page, tmp_path, "streams")
     httpx.delete(f"{server.url}/v1/stream/{name}")
     row.wait_for(state="detached")
