@@ -352,7 +352,11 @@ def test_compaction_at_threshold_snapshot_reads_and_old_snapshot_deletion(
     assert load(url) == text
     raw_snapshot = f"{compacting.url}/v1/stream/yjs/svc/docs/{httpx.URL(url).path.split('/')[-1]}"
     assert httpx.head(f"{raw_snapshot}/.snapshots/{first}").status_code == 404
-    assert httpx.head(f"{raw_snapshot}/.snapshots/{second}").status_code == 200
+    # The newest snapshot is kept (a later compaction may have replaced `second`
+    # already on a slow machine: the rule is that the current one exists).
+    current = discover(url)
+    assert current.endswith("_snapshot") and current >= second
+    assert httpx.head(f"{raw_snapshot}/.snapshots/{current}").status_code == 200
     metrics = httpx.get(f"{compacting.url}/metrics").text
     assert 'duralog_yjs_compactions_total{result="ok"}' in metrics
 
