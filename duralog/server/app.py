@@ -102,7 +102,9 @@ class DuralogApp:
 
     def __init__(self, config: Config | None = None, store: Store | None = None) -> None:
         self.config = config or Config.from_env()
-        self.store = store or open_store(self.config.backend, self.config.data_dir)
+        self.store = store or open_store(self.config.backend, self.config.data_dir,
+                                         database_url=self.config.database_url,
+                                         pool_size=self.config.pg_pool_size)
         # The store writes each registry event in the commit of the change it records.
         self.store.registry = REGISTRY if self.config.registry else None
         self.store.producer_ttl = self.config.producer_ttl
