@@ -24,6 +24,7 @@ import resource
 import shutil
 import subprocess
 import time
+import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -103,6 +104,8 @@ class Nginx:
             try:
                 with urllib.request.urlopen(self.url + "/healthz", timeout=1):
                     return self
+            except urllib.error.HTTPError:
+                return self  # an answer (the reference has no /healthz): nginx is up
             except OSError:
                 if time.monotonic() > deadline:
                     self.stop()
@@ -138,6 +141,14 @@ def origin_gets(origin: str) -> int:
     with urllib.request.urlopen(origin + "/metrics", timeout=10) as r:
         text = r.read()
     return int(sum(float(v) for _, v in _GET_LINE.findall(text)))
+
+
+def _origin_gets(roots: list[str]) -> int | None:
+    """GETs answered by all these nodes; None when one has no /metrics (the Node reference)."""
+    try:
+        return sum(origin_gets(root) for root in roots)
+    except OSError:
+        return None
 
 
 # -- the readers ---------------------------------------------------------------------------
@@ -250,14 +261,15 @@ async def _append(host: str, port: int, path: str, body: bytes) -> None:
 
 async def collapse(edge: str, origin: str, stream: str, readers: int, appends: int = 5,
                    gap_s: float = 0.2, size: int = 100, deliver_timeout: float = 60.0,
-                   connect_batch: int = 500) -> dict[str, Any]:
+                   connect_batch: int = 500, nodes: list[str] | None = None) -> dict[str, Any]:
     """N long-poll readers on ``edge`` (nginx, or the origin itself for the comparison),
     appends through ``origin``; see the module docstring. The stream must exist (text/plain)
-    and be empty."""
+    and be empty. Origin requests are counted on ``nodes`` (base URLs; default: the origin),
+    every node the edge may send requests to."""
     ehost, eport, prefix = _split(edge)
     ohost, oport, oprefix = _split(origin)
     path, opath = f"{prefix}/{stream}", f"{oprefix}/{stream}"
-    origin_root = f"http://{ohost}:{oport}"
+    roots = nodes or [f"http://{ohost}:{oport}"]
     tail_r, tail_w = await asyncio.open_connection(ohost, oport)
     tail_w.write(f"HEAD {opath} HTTP/1.1\r\nHost: {ohost}\r\nConnection: close\r\n\r\n".encode())
     _, head, _ = await _response(tail_r)
@@ -278,7 +290,7 @@ async def collapse(edge: str, origin: str, stream: str, readers: int, appends: i
     connect_s = time.perf_counter() - t0
     # Sent is not yet read by the edge: give it a moment to take every request in.
     await asyncio.sleep(0.5 + readers / 5000)
-    gets_before = await asyncio.to_thread(origin_gets, origin_root)
+    gets_before = await asyncio.to_thread(_origin_gets, roots)
     sent: list[float] = []
     expected = bytearray()
     per_append: list[float | None] = []
@@ -305,7 +317,7 @@ async def collapse(edge: str, origin: str, stream: str, readers: int, appends: i
     while any(not r.waiting for r in rs) and time.perf_counter() < deadline:
         await asyncio.sleep(0.005)
     await asyncio.sleep(0.2)
-    gets_after = await asyncio.to_thread(origin_gets, origin_root)
+    gets_after = await asyncio.to_thread(_origin_gets, roots)
     stop.set()
     for t in tasks:
         t.cancel()
@@ -314,15 +326,17 @@ async def collapse(edge: str, origin: str, stream: str, readers: int, appends: i
               if i in r.got_at]
     complete = sum(1 for r in rs if bytes(r.data) == bytes(expected))
     missing = sum(1 for r in rs for i in range(appends) if i not in r.got_at)
-    # The second metrics scrape counts the first one: that GET is not a reader's.
-    origin = gets_after - gets_before - 1
+    # The second metrics scrape counts the first one: those GETs are not a reader's.
+    origin = None if gets_after is None or gets_before is None else \
+        gets_after - gets_before - len(roots)
     return {
         "readers": readers, "appends": appends, "connect_s": round(connect_s, 2),
         "complete_readers": complete, "missing_deliveries": missing,
         "errors": sum(r.errors for r in rs),
         "error_samples": [s for r in rs for s in r.error_samples][:5],
         "answers_without_cursor": sum(r.answers - r.cursors_seen for r in rs),
-        "origin_gets": origin, "origin_gets_per_append": origin / appends,
+        "origin_gets": origin,
+        "origin_gets_per_append": None if origin is None else origin / appends,
         "delivery_ms": {"n": len(delays), "p50": _pct(delays, 0.5), "p90": _pct(delays, 0.9),
                         "p99": _pct(delays, 0.99), "max": max(delays, default=None)},
         "all_readers_ms": [None if x is None else round(x * 1000, 1) for x in per_append],

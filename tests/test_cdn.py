@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import resource
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -204,3 +205,28 @@ def test_the_shipped_config_is_what_runs(tmp_path: Path) -> None:
                       "proxy_cache_convert_head off;", "proxy_buffering off;",
                       'proxy_cache_key "$scheme://$host$request_uri";'):
         assert directive in text, directive
+
+
+def test_a_long_poll_from_offset_now_is_not_cacheable(edge: tuple[ServerProcess, str]) -> None:
+    """PROTOCOL.md 8: `now` is the tail when the reader asks. A cached answer would hand a
+    later reader data appended before it asked, so the server marks it no-store (and the
+    shipped edge does not even look: X-Cache-Status BYPASS)."""
+    server, url = edge
+    _, path = _stream(server)
+    for base in (server.url, url):
+        got: dict[str, httpx.Response] = {}
+
+        def poll(base: str = base, got: dict[str, httpx.Response] = got) -> None:
+            got["r"] = httpx.get(base + path, params={"live": "long-poll", "offset": "now"},
+                                 timeout=30)
+
+        t = threading.Thread(target=poll)
+        t.start()
+        time.sleep(0.5)
+        httpx.post(server.url + path, content=b"new", headers={"content-type": "text/plain"})
+        t.join(30)
+        r = got["r"]
+        assert r.status_code == 200 and r.content == b"new"
+        assert r.headers["cache-control"] == "no-store"
+        if base == url:
+            assert r.headers["x-cache-status"] == "BYPASS"

@@ -294,7 +294,12 @@ class StreamOps:
             headers.append((b"stream-closed", b"true"))
         if cursor is not None:
             headers.append((b"stream-cursor", cursor.encode()))
-        headers.append((b"cache-control", self._cache_control(state, bool(chunk.parts))))
+        if req.query_one("offset") == NOW:
+            # PROTOCOL.md 8: offset=now names the tail at the time of asking; a long-poll
+            # answer to it must not be served from a cache to a reader who asks later.
+            headers.append((b"cache-control", b"no-store"))
+        else:
+            headers.append((b"cache-control", self._cache_control(state, bool(chunk.parts))))
         is_json = H.is_json(state.content_type)
         # The body's size, without building it: a 304 needs no body at all.
         size = sum(map(len, chunk.parts)) + (len(chunk.parts) + 1 if is_json else 0)
