@@ -110,6 +110,7 @@ class PostgresStore(PgWriter, Store):
         self.instance_tag = meta["instance_tag"]
         self._pool = await asyncpg.create_pool(
             self.dsn, min_size=self.pool_min, max_size=self.pool_size,
+            server_settings={"application_name": "duralog"},
             max_inactive_connection_lifetime=60.0, **self._connect_kwargs)
         self._listener = Listener(self, self.dsn, self._connect_kwargs)
         await self._listener.start()
