@@ -34,6 +34,7 @@ from ..sqlite.batch import HEAD
 from ..sqlite.batch import MORE as _MORE
 from ..sqlite.schema import record_checksum, state_from_row
 from .listener import Listener
+from .roles import Role
 from .schema import (
     COLUMNS,
     LOCK_RECLAIM,
@@ -450,6 +451,21 @@ class PostgresStore(PgWriter, Store):
         log.error("%s", text)
         self.counters["checksum_errors"] += 1
         return ProtocolError(500, text)
+
+    # -- cluster roles (store/postgres/roles.py, server/cluster.py) -------------------------
+    def role(self, name: str, url: str) -> Role:
+        """A role only one node of the cluster holds at a time (subscriptions)."""
+        return Role(self.dsn, name, url, self._connect_kwargs)
+
+    async def leader_url(self, role: Role) -> str | None:
+        if self._pool is None:
+            return None
+        try:
+            return await role.leader_url(self._pool)
+        except Exception as exc:
+            if is_connection_error(exc) or isinstance(exc, asyncpg.PostgresError):
+                raise storage_error(exc) from None
+            raise
 
     def stats(self) -> dict[str, int]:
         listener = self._listener
