@@ -76,12 +76,15 @@ class CorruptRecord(Exception):
 class PostgresStore(PgWriter, Store):
     """Streams in one PostgreSQL database, shared by any number of nodes."""
 
-    def __init__(self, dsn: str, *, pool_size: int = 10, pool_min: int = 2,
+    def __init__(self, dsn: str, *, pool_size: int = 10, pool_min: int = 0,
                  connect_timeout: float = 5.0, command_timeout: float = 30.0) -> None:
         super().__init__()
         self._init_writer()
         self.dsn = dsn
         self.pool_size = pool_size
+        # No floor of idle connections (min 0): while the database is down asyncpg
+        # would retry the floor in the background and log a traceback each time;
+        # a request then opens what it needs, and a failure is its one-line 503.
         self.pool_min = min(pool_min, pool_size)
         self._connect_kwargs: dict[str, Any] = {"timeout": connect_timeout,
                                                 "command_timeout": command_timeout}
