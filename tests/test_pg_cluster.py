@@ -7,8 +7,9 @@
   under write load and with live readers: appends that could not commit answer 503
   and every 2xx append is present afterwards, the nodes reconnect by themselves,
   and long-poll and SSE readers on the other node resume and get every append;
-- cross-node delivery: an append through node A reaches live readers on node B
-  (delivery only; the latency is a benchmark, ``python -m bench --only crossnode``).
+
+Cross-node delivery itself is tests/test_postgres_nodes.py's; its latency is a
+benchmark (``python -m bench --only crossnode``).
 
 CI runs a few rounds; DURALOG_PG_CRASH_KILLS and DURALOG_PG_RESTARTS run more.
 """
@@ -27,7 +28,8 @@ import httpx
 import pytest
 
 from .pg import PgServer
-from .pg_cluster import LiveReader, node
+from .pg_cluster import pg_node as node
+from .pg_readers import LiveReader
 from .servers import ROOT, read_all
 from .test_crash import Figures, check, read_journal
 
@@ -215,29 +217,3 @@ def _until_ok(stream_url: str, timeout: float) -> None:
             last = f"{type(err).__name__}: {err}"
         time.sleep(0.1)
     raise AssertionError(f"{stream_url}: no acknowledged append within {timeout}s ({last})")
-
-
-@pytest.mark.timeout(120)
-@pytest.mark.parametrize("mode", ["long-poll", "sse"])
-def test_append_on_one_node_reaches_live_readers_on_the_other(
-        pg_db: str, tmp_path: Path, mode: str) -> None:
-    a = node(pg_db, log_path=tmp_path / "a.log").start()
-    b = node(pg_db, log_path=tmp_path / "b.log").start()
-    try:
-        r = httpx.put(f"{a.url}/v1/stream/x", headers={"content-type": "text/plain"})
-        reader = LiveReader(f"{b.url}/v1/stream/x", r.headers["stream-next-offset"], mode)
-        reader.start()
-        expected = b""
-        for i in range(20):
-            time.sleep(0.05)
-            part = b"append %d\n" % i
-            expected += part
-            assert httpx.post(f"{a.url}/v1/stream/x", content=part,
-                              headers={"content-type": "text/plain"}).status_code in (200, 204)
-            assert reader.wait_for(len(expected), 30), (bytes(reader.data), reader.errors)
-        reader.stop.set()
-        assert bytes(reader.data) == expected
-        assert reader.errors == []
-    finally:
-        a.stop()
-        b.stop()

@@ -55,6 +55,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--pg-pool-size", type=int, metavar="N",
                    help="--backend postgres: most database connections this node opens for "
                         "requests, plus one for LISTEN (default 10; DURALOG_PG_POOL_SIZE)")
+    p.add_argument("--advertise-url", metavar="URL",
+                   help="--backend postgres: how the other nodes reach this one, to forward "
+                        "subscription requests to the node that runs them (default "
+                        "http://HOST:PORT; DURALOG_ADVERTISE_URL)")
     p.add_argument("--data-dir", help="where the durable backend keeps its files; one "
                                       "server per directory (default ./duralog-data; "
                                       "DURALOG_DATA_DIR)")
@@ -152,6 +156,7 @@ def run(args: argparse.Namespace) -> int:
         config = Config.from_env(
             host=args.host, port=args.port, backend=args.backend, data_dir=args.data_dir,
             database_url=args.database_url, pg_pool_size=args.pg_pool_size,
+            advertise_url=args.advertise_url,
             long_poll_timeout=args.long_poll_timeout, chunk_size=args.chunk_size,
             max_body_size=args.max_body_size, access_log=args.access_log,
             metrics=args.metrics, log_format=args.log_format,

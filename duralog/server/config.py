@@ -18,6 +18,9 @@ class Config:
     #: most connections each node's pool opens (the listener takes one more).
     database_url: str = ""
     pg_pool_size: int = 10
+    #: How the other nodes of a cluster reach this one (server/cluster.py); empty:
+    #: http://<host>:<port>.
+    advertise_url: str = ""
     long_poll_timeout: float = 30.0  # seconds a long-poll (or SSE keep-alive) waits
     chunk_size: int = 1 << 20  # most bytes one catch-up read answers
     max_body_size: int = 64 << 20  # larger appends get 413

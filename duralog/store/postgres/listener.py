@@ -30,6 +30,8 @@ log = logging.getLogger("duralog.postgres")
 #: Seconds between checks that the listener connection is alive, and between
 #: reconnect attempts while PostgreSQL is unreachable.
 CHECK_INTERVAL = 0.5
+#: How the listener connection shows in pg_stat_activity (request connections: "duralog").
+APP_NAME = "duralog-listener"
 
 
 def parse_entry(entry: str) -> tuple[int, int, int, str] | None:
@@ -70,7 +72,8 @@ class Listener:
             self.con = None
 
     async def _connect(self) -> None:
-        con = await asyncpg.connect(self.dsn, **self.connect_kwargs)
+        con = await asyncpg.connect(self.dsn, server_settings={"application_name": APP_NAME},
+                                    **self.connect_kwargs)
         con.add_termination_listener(lambda _con: self._lost.set())
         await con.add_listener(CHANNEL, self._on_notify)
         self.con = con

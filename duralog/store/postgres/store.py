@@ -34,6 +34,7 @@ from ..sqlite.batch import HEAD
 from ..sqlite.batch import MORE as _MORE
 from ..sqlite.schema import record_checksum, state_from_row
 from .listener import Listener
+from .roles import Role
 from .schema import (
     COLUMNS,
     LOCK_RECLAIM,
@@ -75,12 +76,15 @@ class CorruptRecord(Exception):
 class PostgresStore(PgWriter, Store):
     """Streams in one PostgreSQL database, shared by any number of nodes."""
 
-    def __init__(self, dsn: str, *, pool_size: int = 10, pool_min: int = 2,
+    def __init__(self, dsn: str, *, pool_size: int = 10, pool_min: int = 0,
                  connect_timeout: float = 5.0, command_timeout: float = 30.0) -> None:
         super().__init__()
         self._init_writer()
         self.dsn = dsn
         self.pool_size = pool_size
+        # No floor of idle connections (min 0): while the database is down asyncpg
+        # would retry the floor in the background and log a traceback each time;
+        # a request then opens what it needs, and a failure is its one-line 503.
         self.pool_min = min(pool_min, pool_size)
         self._connect_kwargs: dict[str, Any] = {"timeout": connect_timeout,
                                                 "command_timeout": command_timeout}
@@ -110,6 +114,7 @@ class PostgresStore(PgWriter, Store):
         self.instance_tag = meta["instance_tag"]
         self._pool = await asyncpg.create_pool(
             self.dsn, min_size=self.pool_min, max_size=self.pool_size,
+            server_settings={"application_name": "duralog"},
             max_inactive_connection_lifetime=60.0, **self._connect_kwargs)
         self._listener = Listener(self, self.dsn, self._connect_kwargs)
         await self._listener.start()
@@ -449,6 +454,21 @@ class PostgresStore(PgWriter, Store):
         log.error("%s", text)
         self.counters["checksum_errors"] += 1
         return ProtocolError(500, text)
+
+    # -- cluster roles (store/postgres/roles.py, server/cluster.py) -------------------------
+    def role(self, name: str, url: str) -> Role:
+        """A role only one node of the cluster holds at a time (subscriptions)."""
+        return Role(self.dsn, name, url, self._connect_kwargs)
+
+    async def leader_url(self, role: Role) -> str | None:
+        if self._pool is None:
+            return None
+        try:
+            return await role.leader_url(self._pool)
+        except Exception as exc:
+            if is_connection_error(exc) or isinstance(exc, asyncpg.PostgresError):
+                raise storage_error(exc) from None
+            raise
 
     def stats(self) -> dict[str, int]:
         listener = self._listener
