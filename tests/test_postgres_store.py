@@ -165,3 +165,23 @@ def test_group_commit_shares_transactions(pg_db: str) -> None:
         for i in range(20):
             assert await read_all(store, f"g{i}") == b"x" * 20
     run(pg_db, body)
+
+
+def test_append_prepared_for_a_replaced_stream_is_refused(pg_db: str) -> None:
+    """Another node deleted and re-created the path: an append prepared for the old
+    stream (from a cached state) is refused with StaleState, never written into the
+    new stream (whose content type may differ)."""
+    from duralog.store.base import StaleState
+
+    async def body(a: PostgresStore, b: PostgresStore) -> None:
+        await a.create("r", CreateRequest(content_type=TEXT), b"old")
+        old = await b.fresh("r")
+        assert old is not None
+        await a.delete("r")
+        await a.create("r", CreateRequest(content_type="application/json"), None)
+        with pytest.raises(StaleState):
+            await b.append("r", AppendRequest(payload=b"x", content_type=TEXT,
+                                              stream_id=old.id))
+        new = await b.fresh("r")
+        assert new is not None and new.id != old.id and new.tail == 0
+    run(pg_db, body, stores=2)

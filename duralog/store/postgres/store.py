@@ -56,6 +56,7 @@ READ_PAGE_ROWS = 64
 #: Records of dropped streams removed per reclaim step.
 RECLAIM_STEP_ROWS = 5000
 
+BY_PATH = f"SELECT {COLUMNS} FROM streams WHERE path = $1"
 CHAIN_BY_PATH = f"""
 WITH RECURSIVE chain AS (
     SELECT {COLUMNS} FROM streams WHERE path = $1
@@ -75,6 +76,8 @@ class CorruptRecord(Exception):
 
 class PostgresStore(PgWriter, Store):
     """Streams in one PostgreSQL database, shared by any number of nodes."""
+
+    shared = True
 
     def __init__(self, dsn: str, *, pool_size: int = 10, pool_min: int = 0,
                  connect_timeout: float = 5.0, command_timeout: float = 30.0) -> None:
@@ -239,18 +242,22 @@ class PostgresStore(PgWriter, Store):
         if self._pool is None:
             return self.get(path)
         try:
-            rows = await self._pool.fetch(CHAIN_BY_PATH, path)
+            row = await self._pool.fetchrow(BY_PATH, path)
+            if row is None:
+                current = self._by_path.get(path)
+                if current is not None:
+                    self._drop_cached(current)
+                return None
+            state = state_from_row(tuple(row.values()))
+            if state.source_id is not None and state.source_id not in self._by_id:
+                # A fork whose sources this node has not seen: read the whole chain.
+                for r in await self._pool.fetch(CHAIN_BY_PATH, path):
+                    self._cache_put(state_from_row(tuple(r.values())))
         except Exception as exc:
             if is_connection_error(exc) or isinstance(exc, asyncpg.PostgresError):
                 raise storage_error(exc) from None
             raise
-        if not rows:
-            current = self._by_path.get(path)
-            if current is not None:
-                self._drop_cached(current)
-            return None
-        for row in rows:
-            self._cache_put(state_from_row(tuple(row.values())))
+        self._cache_put(state)
         return self.get(path)
 
     def get(self, path: str) -> StreamState | None:

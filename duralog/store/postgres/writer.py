@@ -44,6 +44,7 @@ from ...protocol.state import (
     apply_append,
     decide_append,
 )
+from ..base import StaleState
 from ..plans import plan_create, plan_delete
 from ..retention import trim_start
 from ..sqlite.batch import MORE, Batch
@@ -261,6 +262,8 @@ def _do_append(batch: Batch, path: str, req: AppendRequest, now: float
         raise ProtocolError(404, "stream not found")
     if state.soft_deleted:
         raise ProtocolError(410, "stream was deleted")
+    if req.stream_id is not None and req.stream_id != state.id:
+        raise StaleState()
     shadow = batch.shadow(state)
     decision = decide_append(shadow, req)
     if decision.write:
