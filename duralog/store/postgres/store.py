@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -36,6 +37,7 @@ from ..sqlite.schema import record_checksum, state_from_row
 from .listener import Listener
 from .roles import Role
 from .schema import (
+    CHANNEL,
     COLUMNS,
     LOCK_RECLAIM,
     LOCK_REGISTRY,
@@ -461,6 +463,25 @@ class PostgresStore(PgWriter, Store):
         log.error("%s", text)
         self.counters["checksum_errors"] += 1
         return ProtocolError(500, text)
+
+    async def sync(self, timeout: float = 5.0) -> None:
+        """Return once this node has applied every commit made (on any node) before the
+        call: a NOTIFY barrier through the listener, which receives notifications in
+        commit order. The subscription leader calls it before each control request, so
+        an append acknowledged by another node is known before a claim that follows it."""
+        listener = self._listener
+        if listener is None or self._pool is None or listener.con is None:
+            return
+        token = secrets.token_hex(8)
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        listener.barriers[token] = fut
+        try:
+            await self._pool.execute("SELECT pg_notify($1, $2)", CHANNEL, "sync:" + token)
+            await asyncio.wait_for(fut, timeout)
+        except Exception as exc:  # a barrier is best effort: the request goes on
+            log.warning("sync barrier failed: %s", exc)
+        finally:
+            listener.barriers.pop(token, None)
 
     # -- cluster roles (store/postgres/roles.py, server/cluster.py) -------------------------
     def role(self, name: str, url: str) -> Role:
