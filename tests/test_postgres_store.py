@@ -86,8 +86,10 @@ def test_large_appends_pieces_and_paged_reads(pg_db: str) -> None:
 
 
 def test_damaged_record_is_never_served(pg_db: str) -> None:
-    async def body(store: PostgresStore) -> None:
-        await store.create("d", CreateRequest(content_type=TEXT), b"good data")
+    async def body(writer: PostgresStore, store: PostgresStore) -> None:
+        # Written through one store, read through another: the reader's tail cache
+        # does not hold the record, so it comes from the database.
+        await writer.create("d", CreateRequest(content_type=TEXT), b"good data")
         con = await asyncpg.connect(pg_db)
         try:
             await con.execute("UPDATE records SET data = 'evil data' WHERE end_pos = 9")
@@ -100,7 +102,7 @@ def test_damaged_record_is_never_served(pg_db: str) -> None:
         assert err.value.status == 500
         assert "failed its checksum" in err.value.reason
         assert store.counters["checksum_errors"] == 1
-    run(pg_db, body)
+    run(pg_db, body, stores=2)
 
 
 def test_forks_and_soft_delete(pg_db: str) -> None:
@@ -185,3 +187,23 @@ def test_append_prepared_for_a_replaced_stream_is_refused(pg_db: str) -> None:
         new = await b.fresh("r")
         assert new is not None and new.id != old.id and new.tail == 0
     run(pg_db, body, stores=2)
+
+
+def test_tail_cache_keeps_only_gapless_runs() -> None:
+    from duralog.store.postgres.tails import TailCache
+
+    cache = TailCache()
+    cache.add(1, 3, b"abc")
+    cache.add(1, 5, b"de")
+    tail = cache.get(1)
+    assert tail is not None and (tail.start, tail.ends) == (0, [3, 5])
+    cache.add(1, 5, b"de")  # known already: nothing changes
+    assert tail.ends == [3, 5]
+    cache.add(1, 9, b"xy")  # starts at 7, not 5: another node's records in between
+    tail = cache.get(1)
+    assert tail is not None and (tail.start, tail.ends, tail.datas) == (7, [9], [b"xy"])
+    cache.add(1, 1 << 20, None)  # too large to keep: the entry restarts after it
+    tail = cache.get(1)
+    assert tail is not None and (tail.start, tail.ends) == (1 << 20, [])
+    cache.drop(1)
+    assert cache.get(1) is None and cache.nbytes == 0

@@ -98,7 +98,8 @@ class PgWriter:
         counters: dict[str, int]
 
         def _publish(self, states: list[StreamState], dropped: list[StreamState],
-                     removed: list[StreamState]) -> None: ...
+                     removed: list[StreamState],
+                     tails: list[tuple[int, int, bytes | None]]) -> None: ...
 
     def _init_writer(self) -> None:
         self._queue: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
@@ -151,7 +152,7 @@ class PgWriter:
                 error = exc
             else:
                 self._publish(list(batch.states.values()), list(batch.dropped.values()),
-                              batch.removed)
+                              batch.removed, batch.tails)
                 for fut, value, err in batch.results:
                     _answer(fut, value, err)
                 return
