@@ -207,3 +207,30 @@ def test_tail_cache_keeps_only_gapless_runs() -> None:
     assert tail is not None and (tail.start, tail.ends) == (1 << 20, [])
     cache.drop(1)
     assert cache.get(1) is None and cache.nbytes == 0
+
+
+def test_background_sweep_reclaims_and_drops_old_producers(pg_db: str) -> None:
+    from duralog.protocol.headers import Producer
+
+    async def body(store: PostgresStore) -> None:
+        await store.create("gone", CreateRequest(content_type=TEXT), b"x" * 1000)
+        gone = store.get("gone")
+        assert gone is not None
+        await store.create("kept", CreateRequest(content_type=TEXT), None)
+        await store.append("kept", AppendRequest(payload=b"p", content_type=TEXT,
+                                                 producer=Producer("w", 0, 0)))
+        await store.delete("gone")
+        store.producer_ttl = 0.0  # every producer is old
+        store._producers_swept = 0.0
+        await store.sweep_expired()
+        con = await asyncpg.connect(pg_db)
+        try:
+            assert await con.fetchval("SELECT count(*) FROM records WHERE stream = $1",
+                                      gone.id) == 0
+            assert await con.fetchval("SELECT count(*) FROM garbage") == 0
+            assert await con.fetchval("SELECT count(*) FROM producers") == 0
+        finally:
+            await con.close()
+        assert store.counters["streams_reclaimed"] == 1
+        assert store.counters["producers_dropped"] == 1
+    run(pg_db, body)
