@@ -42,6 +42,11 @@ def test_database_restart_503_then_recovery(tmp_path: Path) -> None:
                 if method != "HEAD":
                     assert len(r.text.strip().splitlines()) == 1, r.text
             assert node.proc is not None and node.proc.poll() is None  # still serving
+            deadline = time.monotonic() + 10  # the listener notices within a second
+            while (ready := httpx.get(node.url + "/readyz")).status_code != 503:
+                assert time.monotonic() < deadline, "/readyz did not notice the outage"
+                time.sleep(0.1)
+            assert "database is unreachable" in ready.text
 
             pg.start()
             deadline = time.monotonic() + 30
@@ -52,6 +57,10 @@ def test_database_restart_503_then_recovery(tmp_path: Path) -> None:
                 assert r.status_code == 503, r.text
                 assert time.monotonic() < deadline, "the node did not reconnect"
                 time.sleep(0.2)
+            deadline = time.monotonic() + 10
+            while httpx.get(node.url + "/readyz").status_code != 200:
+                assert time.monotonic() < deadline, "/readyz did not recover"
+                time.sleep(0.1)
             reader.join(90)
             # The reader that waited across the outage was woken by the append.
             assert got and got[0].status_code == 200 and got[0].content == b"b", got

@@ -537,6 +537,15 @@ class PostgresStore(PgWriter, Store):
                 raise storage_error(exc) from None
             raise
 
+    def health_problem(self) -> str | None:
+        """Why this node cannot serve now (for /readyz), or None."""
+        if not self._open:
+            return "the store is not open"
+        listener = self._listener
+        if listener is None or listener.con is None or listener.con.is_closed():
+            return "the database is unreachable (reconnecting)"
+        return None
+
     def stats(self) -> dict[str, int]:
         listener = self._listener
         return {"streams": len(self._by_id), "tail_cache_bytes": self._tails.nbytes,
