@@ -149,9 +149,10 @@ class PostgresStore(PgWriter, Store):
         self._queue_access()
         for task in self._tasks:
             task.cancel()
-        # Let the writer finish what is queued, then stop it.
-        for _ in range(200):
-            if self._queue.empty():
+        # Let the writer finish what is queued and the batch it is in (its callers
+        # get their answers), then stop it.
+        for _ in range(500):
+            if self._queue.empty() and not self._writing:
                 break
             await asyncio.sleep(0.01)
         if self._writer_task is not None:

@@ -104,6 +104,7 @@ class PgWriter:
     def _init_writer(self) -> None:
         self._queue: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
         self._writer_task: asyncio.Task[None] | None = None
+        self._writing = False  # a batch is in its transaction
 
     def _submit(self, kind: int, a: Any, b: Any = None) -> asyncio.Future[Any]:
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
@@ -123,6 +124,7 @@ class PgWriter:
                     nbytes += len(op[2].payload)
             self.counters["batches"] += 1
             self.counters["ops"] += len(ops)
+            self._writing = True
             try:
                 await self._run_batch(ops, split=True)
             except Exception:  # pragma: no cover - a bug; keep serving
@@ -130,6 +132,8 @@ class PgWriter:
                 err = ProtocolError(503, "internal storage error, nothing was written")
                 for op in ops:
                     _answer(op[3], None, err)
+            finally:
+                self._writing = False
 
     async def _run_batch(self, ops: list[tuple[Any, ...]], split: bool) -> None:
         for attempt in itertools.count():
