@@ -54,8 +54,11 @@ log = logging.getLogger("duralog.postgres")
 
 #: Sliding-TTL clocks moved by reads are written this often (seconds).
 ACCESS_FLUSH_INTERVAL = 0.25
-#: Rows one catch-up query fetches at most; the read stops at its byte budget.
-READ_PAGE_ROWS = 64
+#: Rows the first query of a read fetches; later pages are sized from the rows
+#: seen so far to fill the rest of the budget (at most READ_MAX_ROWS), so a read
+#: fetches about what it answers whether appends are 100 bytes or 256 KiB.
+READ_FIRST_ROWS = 16
+READ_MAX_ROWS = 4096
 #: Records of dropped streams removed per reclaim step.
 RECLAIM_STEP_ROWS = 5000
 
@@ -451,13 +454,16 @@ class PostgresStore(PgWriter, Store):
         out: list[tuple[int, bytes]] = []
         parts: list[bytes] | None = None
         cache = self._tails
+        limit, seen_rows, seen_bytes = READ_FIRST_ROWS, 0, 0
         try:
             async with self._pool.acquire(timeout=10) as con:
                 while True:
                     rows = await con.fetch(
                         "SELECT end_pos, kind, data, checksum FROM records WHERE stream = $1 "
                         "AND end_pos > $2 AND end_pos <= $3 ORDER BY end_pos LIMIT $4",
-                        stream_id, after, hi, READ_PAGE_ROWS)
+                        stream_id, after, hi, limit)
+                    seen_rows += len(rows)
+                    seen_bytes += sum(len(r[2]) for r in rows)
                     for end, kind, data, checksum in rows:
                         if checksum != record_checksum(stream_id, end, kind, data):
                             raise CorruptRecord(stream_id, end - len(data), "failed its checksum")
@@ -484,8 +490,12 @@ class PostgresStore(PgWriter, Store):
                         budget -= len(data)
                         if budget <= 0 and parts is None:
                             return out, True
-                    if len(rows) < READ_PAGE_ROWS:
+                    if len(rows) < limit:
                         return out, False
+                    average = max(1, seen_bytes // max(1, seen_rows))
+                    limit = max(1, min(READ_MAX_ROWS, budget // average + 1))
+                    if parts is not None:  # inside a large append: take its pieces on
+                        limit = max(limit, READ_FIRST_ROWS)
         except CorruptRecord as exc:
             raise self._corrupt(exc) from None
         except ProtocolError:
