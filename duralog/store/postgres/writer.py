@@ -105,6 +105,7 @@ class PgWriter:
         self._queue: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
         self._writer_task: asyncio.Task[None] | None = None
         self._writing = False  # a batch is in its transaction
+        self._committing = False  # ... and its COMMIT has been (or is being) sent
 
     def _submit(self, kind: int, a: Any, b: Any = None) -> asyncio.Future[Any]:
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
@@ -147,6 +148,14 @@ class PgWriter:
             except ProtocolError as exc:
                 error = exc
             except Exception as exc:
+                if is_connection_error(exc) and self._pool is not None:
+                    # PostgreSQL restarted or a connection broke: the pool's other idle
+                    # connections are likely dead too; open fresh ones from now on.
+                    self._pool.expire_connections()
+                    if attempt == 0 and not self._committing:
+                        # COMMIT was never sent, so nothing of this batch can have been
+                        # written: run it once more on a new connection.
+                        continue
                 if not is_connection_error(exc) and not isinstance(exc, asyncpg.PostgresError):
                     log.exception("writer failed")
                 if split and len(ops) > 1 and not is_connection_error(exc):
@@ -190,6 +199,7 @@ class PgWriter:
                 names_registry = True
         if names_registry and self.registry is not None:
             paths.add(self.registry)
+        self._committing = False
         async with self._pool.acquire(timeout=10) as con, con.transaction():
             started = time.perf_counter()
             rows = await con.fetch(LOCK_SQL, list(paths), ids)
@@ -238,6 +248,7 @@ class PgWriter:
                 if state.retention_bytes is not None and not state.soft_deleted:
                     await _trim(con, batch, state)
             await _write(con, batch)
+            self._committing = True  # leaving the block sends COMMIT
         self.counters["commits"] += 1
         observer = getattr(self, "commit_observer", None)
         if observer is not None:
