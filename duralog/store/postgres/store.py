@@ -270,7 +270,7 @@ class PostgresStore(PgWriter, Store):
                     self._cache_put(state_from_row(tuple(r.values())))
         except Exception as exc:
             if is_connection_error(exc) or isinstance(exc, asyncpg.PostgresError):
-                raise self._failed(exc) from None
+                raise await self._failed(exc) from None
             raise
         self._cache_put(state)
         return self.get(path)
@@ -502,7 +502,7 @@ class PostgresStore(PgWriter, Store):
             raise
         except Exception as exc:
             if is_connection_error(exc) or isinstance(exc, asyncpg.PostgresError):
-                raise self._failed(exc) from None
+                raise await self._failed(exc) from None
             raise
 
     def _corrupt(self, exc: CorruptRecord) -> ProtocolError:
@@ -545,14 +545,14 @@ class PostgresStore(PgWriter, Store):
             return await role.leader_url(self._pool)
         except Exception as exc:
             if is_connection_error(exc) or isinstance(exc, asyncpg.PostgresError):
-                raise self._failed(exc) from None
+                raise await self._failed(exc) from None
             raise
 
-    def _failed(self, exc: BaseException) -> ProtocolError:
+    async def _failed(self, exc: BaseException) -> ProtocolError:
         """A request's database error as its one-line 503; after a broken connection
         the pool's idle connections are replaced (PostgreSQL probably restarted)."""
         if is_connection_error(exc) and self._pool is not None:
-            self._pool.expire_connections()
+            await self._pool.expire_connections()
         return storage_error(exc)
 
     def health_problem(self) -> str | None:

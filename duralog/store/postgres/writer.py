@@ -151,7 +151,7 @@ class PgWriter:
                 if is_connection_error(exc) and self._pool is not None:
                     # PostgreSQL restarted or a connection broke: the pool's other idle
                     # connections are likely dead too; open fresh ones from now on.
-                    self._pool.expire_connections()
+                    await self._pool.expire_connections()
                     if attempt == 0 and not self._committing:
                         # COMMIT was never sent, so nothing of this batch can have been
                         # written: run it once more on a new connection.
