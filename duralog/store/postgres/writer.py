@@ -169,7 +169,17 @@ class PgWriter:
                 for fut, value, err in batch.results:
                     _answer(fut, value, err)
                 return
-            err = error if isinstance(error, ProtocolError) else storage_error(error)
+            if isinstance(error, ProtocolError):
+                err = error
+            elif self._committing and is_connection_error(error):
+                # The connection died with COMMIT on its way: PostgreSQL may or may not
+                # have committed. Not an acknowledgement either way; a producer's
+                # retry (5.2.1) is deduplicated if it had.
+                err = ProtocolError(503, "database connection lost during commit: the "
+                                         "write may or may not be stored; retry (with "
+                                         "Producer-Id for exactly once)")
+            else:
+                err = storage_error(error)
             if not isinstance(error, ProtocolError):
                 log.error("commit failed: %s", err.reason)
             for op in ops:
