@@ -28,13 +28,11 @@ from typing import Any
 import asyncpg
 
 from ...protocol.errors import ProtocolError
-from ...protocol.offsets import format_offset
 from ...protocol.state import AppendDecision, AppendRequest, CreateRequest, StreamState
-from ..base import Store, scan_records
-from ..sqlite.batch import HEAD
-from ..sqlite.batch import MORE as _MORE
-from ..sqlite.schema import record_checksum, state_from_row
+from ..base import Store
+from ..sqlite.schema import state_from_row
 from .listener import Listener
+from .reads import PgReads
 from .roles import Role
 from .schema import (
     CHANNEL,
@@ -54,11 +52,6 @@ log = logging.getLogger("duralog.postgres")
 
 #: Sliding-TTL clocks moved by reads are written this often (seconds).
 ACCESS_FLUSH_INTERVAL = 0.25
-#: Rows the first query of a read fetches; later pages are sized from the rows
-#: seen so far to fill the rest of the budget (at most READ_MAX_ROWS), so a read
-#: fetches about what it answers whether appends are 100 bytes or 256 KiB.
-READ_FIRST_ROWS = 16
-READ_MAX_ROWS = 4096
 #: Records of dropped streams removed per reclaim step.
 RECLAIM_STEP_ROWS = 5000
 
@@ -74,13 +67,7 @@ WITH RECURSIVE chain AS (
 CHAIN_BY_IDS = CHAIN_BY_PATH.replace("WHERE path = $1", "WHERE id = ANY($1::bigint[])")
 
 
-class CorruptRecord(Exception):
-    def __init__(self, stream_id: int, start: int, reason: str) -> None:
-        super().__init__(reason)
-        self.stream_id, self.start, self.reason = stream_id, start, reason
-
-
-class PostgresStore(PgWriter, Store):
+class PostgresStore(PgReads, PgWriter, Store):
     """Streams in one PostgreSQL database, shared by any number of nodes."""
 
     shared = True
@@ -418,101 +405,6 @@ class PostgresStore(PgWriter, Store):
                     break
             await self._pool.execute("DELETE FROM garbage WHERE stream = $1", stream_id)
             self.counters["streams_reclaimed"] += 1
-
-    # -- reads --------------------------------------------------------------------------------
-    async def _read_records(self, stream_id: int, lo: int, hi: int, pos: int,
-                            budget: int, whole: bool) -> tuple[list[tuple[int, bytes]], bool]:
-        after = max(pos, lo)
-        tail = self._tails.get(stream_id)
-        if tail is None or after < tail.start:
-            # Catch-up behind the cached tail: straight from the database; it seeds
-            # the cache only for a stream that has none (tails.py).
-            return await self._db_read(stream_id, after, hi, budget, whole, tail is None)
-        if tail.end >= hi:
-            return scan_records(tail.ends, tail.datas, after, hi, budget)
-        # Newer records than the cache holds (another node committed them): one
-        # reader of this stream fetches them, the others then read them from memory.
-        lock = self._fetch_locks.get(stream_id)
-        if lock is None:
-            lock = self._fetch_locks[stream_id] = asyncio.Lock()
-        try:
-            async with lock:
-                tail = self._tails.get(stream_id)
-                if tail is not None and after >= tail.start and tail.end >= hi:
-                    return scan_records(tail.ends, tail.datas, after, hi, budget)
-                return await self._db_read(stream_id, after, hi, budget, whole, True)
-        finally:
-            if not lock.locked():
-                self._fetch_locks.pop(stream_id, None)
-
-    async def _db_read(self, stream_id: int, after: int, hi: int, budget: int, whole: bool,
-                       populate: bool) -> tuple[list[tuple[int, bytes]], bool]:
-        """Records with end in (after, hi], fetched a page of rows at a time until the
-        budget is met: a catch-up read never loads more of a stream than it answers."""
-        if self._pool is None:
-            raise ProtocolError(503, "the store is not open (server starting or stopping)")
-        out: list[tuple[int, bytes]] = []
-        parts: list[bytes] | None = None
-        cache = self._tails
-        limit, seen_rows, seen_bytes = READ_FIRST_ROWS, 0, 0
-        try:
-            async with self._pool.acquire(timeout=10) as con:
-                while True:
-                    rows = await con.fetch(
-                        "SELECT end_pos, kind, data, checksum FROM records WHERE stream = $1 "
-                        "AND end_pos > $2 AND end_pos <= $3 ORDER BY end_pos LIMIT $4",
-                        stream_id, after, hi, limit)
-                    seen_rows += len(rows)
-                    seen_bytes += sum(len(r[2]) for r in rows)
-                    for end, kind, data, checksum in rows:
-                        if checksum != record_checksum(stream_id, end, kind, data):
-                            raise CorruptRecord(stream_id, end - len(data), "failed its checksum")
-                        after = end
-                        if populate:
-                            if kind == HEAD:  # a whole append in one row
-                                cache.add(stream_id, end, data)
-                            elif not kind & _MORE:  # the last piece of a large append
-                                cache.add(stream_id, end, None, start=end)
-                        if whole:
-                            # Reassemble an append stored as pieces; pieces of an append
-                            # that began before the read's start are skipped.
-                            if kind & HEAD:
-                                parts = [data]
-                            elif parts is None:
-                                continue
-                            else:
-                                parts.append(data)
-                            if kind & _MORE:
-                                continue
-                            data = parts[0] if len(parts) == 1 else b"".join(parts)
-                            parts = None
-                        out.append((end - len(data), data))
-                        budget -= len(data)
-                        if budget <= 0 and parts is None:
-                            return out, True
-                    if len(rows) < limit:
-                        return out, False
-                    average = max(1, seen_bytes // max(1, seen_rows))
-                    limit = max(1, min(READ_MAX_ROWS, budget // average + 1))
-                    if parts is not None:  # inside a large append: take its pieces on
-                        limit = max(limit, READ_FIRST_ROWS)
-        except CorruptRecord as exc:
-            raise self._corrupt(exc) from None
-        except ProtocolError:
-            raise
-        except Exception as exc:
-            if is_connection_error(exc) or isinstance(exc, asyncpg.PostgresError):
-                raise await self._failed(exc) from None
-            raise
-
-    def _corrupt(self, exc: CorruptRecord) -> ProtocolError:
-        state = self._by_id.get(exc.stream_id)
-        name = state.path if state is not None else f"#{exc.stream_id}"
-        text = (f"stored data of stream {name!r} at offset {format_offset(exc.start)} "
-                f"{exc.reason}; nothing was served")
-        log.error("%s", text)
-        self.counters["checksum_errors"] += 1
-        return ProtocolError(500, text)
 
     async def sync(self, timeout: float = 5.0) -> None:
         """Return once this node has applied every commit made (on any node) before the
