@@ -152,21 +152,34 @@ def test_lost_listener_connection_loses_no_wake(pg_server: PgServer, tmp_path: P
             waiter = threading.Thread(target=_long_poll, args=(stream(b, name), tail, got))
             waiter.start()
             time.sleep(0.3)
-            # Both nodes' LISTEN connections die; the append commits while they are gone.
-            assert _terminate_listeners(pg_server, database) == 2
-            assert httpx.post(stream(a, name), headers=TEXT,
-                              content=f"r{round_}".encode()).status_code == 204
+            _wait_for_listeners(pg_server, database)
+            # Both nodes' LISTEN connections die and cannot come back (the database
+            # takes no new connections) until the append has committed: its NOTIFY
+            # reaches nobody, so only the re-check after reconnecting can wake B.
+            pg_server.sql(f'ALTER DATABASE "{database}" WITH ALLOW_CONNECTIONS false')
+            try:
+                assert _terminate_listeners(pg_server, database) == 2
+                r = httpx.post(stream(a, name), headers=TEXT, content=f"r{round_}".encode())
+                assert r.status_code == 204, r.text  # A's pooled connection still works
+                time.sleep(0.5)
+                assert got == []  # nobody woke B yet
+            finally:
+                pg_server.sql(f'ALTER DATABASE "{database}" WITH ALLOW_CONNECTIONS true')
             waiter.join(60)
             assert got and got[0].status_code == 200, got
             assert got[0].content == f"r{round_}".encode()
-        # And the listeners came back (each node reconnected).
-        deadline = time.monotonic() + 20
-        while _count_listeners(pg_server, database) < 2:
-            assert time.monotonic() < deadline, "the listeners did not reconnect"
-            time.sleep(0.1)
+        _wait_for_listeners(pg_server, database)  # and they came back once more
     finally:
         a.stop()
         b.stop()
+
+
+def _wait_for_listeners(pg: PgServer, database: str) -> None:
+    """Until both nodes have their LISTEN connection (again)."""
+    deadline = time.monotonic() + 20
+    while _count_listeners(pg, database) < 2:
+        assert time.monotonic() < deadline, "the listeners did not reconnect"
+        time.sleep(0.05)
 
 
 def _count_listeners(pg: PgServer, database: str) -> int:
@@ -210,3 +223,41 @@ def test_schema_newer_than_known_is_refused(pg_server: PgServer, tmp_path: Path)
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr
     assert "schema is version 999, newer than this duralog knows" in lines[0]
+
+
+def test_subscriptions_move_to_another_node_when_their_leader_dies(
+        pg_server: PgServer, tmp_path: Path) -> None:
+    """One node runs subscriptions (server/cluster.py); the other forwards to it. When
+    that node is killed (kill -9), the survivor takes the role and serves the same
+    subscription, replayed from the database."""
+    database = unique_name("subs")
+    url = pg_server.create_database(database)
+    nodes = pg_nodes(url, 2, tmp_path)
+    try:
+        a, b = nodes
+        assert httpx.put(stream(a, "wakes"), headers={"content-type": "application/json"},
+                         content=b"[]").status_code == 201
+        sub = {"type": "pull-wake", "pattern": "events/*", "wake_stream": "wakes",
+               "lease_ttl_ms": 1000}
+        for node in nodes:  # created through one node, re-confirmed through the other
+            r = httpx.put(f"{node.url}/v1/stream/__ds/subscriptions/s1", json=sub)
+            assert r.status_code in (200, 201), r.text
+        leader_url = pg_server.sql("SELECT url FROM roles WHERE role = 'subscriptions'",
+                                   database)
+        leader = next(n for n in nodes if n.url == leader_url)
+        survivor = b if leader is a else a
+        leader.kill()
+        deadline = time.monotonic() + 20
+        while True:
+            r = httpx.get(f"{survivor.url}/v1/stream/__ds/subscriptions/s1", timeout=10)
+            if r.status_code == 200:
+                break
+            assert r.status_code == 503, r.text  # while no node leads: retry
+            assert time.monotonic() < deadline, "no node took over subscriptions"
+            time.sleep(0.2)
+        assert r.json()["pattern"] == "events/*"
+        assert pg_server.sql("SELECT url FROM roles WHERE role = 'subscriptions'",
+                             database) == survivor.url
+    finally:
+        for node in nodes:
+            node.stop()

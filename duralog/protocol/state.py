@@ -141,6 +141,10 @@ class AppendRequest:
     stream_seq: str | None = None
     producer: Producer | None = None
     close: bool = False
+    #: The stream the caller prepared this append for (its id), or None. A backend
+    #: whose view may lag the database (postgres, several nodes) refuses with
+    #: store.base.StaleState when the path now names another stream.
+    stream_id: int | None = None
 
 
 @dataclass(slots=True)

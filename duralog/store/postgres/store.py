@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -27,15 +28,14 @@ from typing import Any
 import asyncpg
 
 from ...protocol.errors import ProtocolError
-from ...protocol.offsets import format_offset
 from ...protocol.state import AppendDecision, AppendRequest, CreateRequest, StreamState
 from ..base import Store
-from ..sqlite.batch import HEAD
-from ..sqlite.batch import MORE as _MORE
-from ..sqlite.schema import record_checksum, state_from_row
+from ..sqlite.schema import state_from_row
 from .listener import Listener
+from .reads import PgReads
 from .roles import Role
 from .schema import (
+    CHANNEL,
     COLUMNS,
     LOCK_RECLAIM,
     LOCK_REGISTRY,
@@ -45,17 +45,17 @@ from .schema import (
     migrate,
     storage_error,
 )
+from .tails import TailCache
 from .writer import APPEND, CREATE, DELETE, EXPIRE, TRIM, PgWriter
 
 log = logging.getLogger("duralog.postgres")
 
 #: Sliding-TTL clocks moved by reads are written this often (seconds).
 ACCESS_FLUSH_INTERVAL = 0.25
-#: Rows one catch-up query fetches at most; the read stops at its byte budget.
-READ_PAGE_ROWS = 64
 #: Records of dropped streams removed per reclaim step.
 RECLAIM_STEP_ROWS = 5000
 
+BY_PATH = f"SELECT {COLUMNS} FROM streams WHERE path = $1"
 CHAIN_BY_PATH = f"""
 WITH RECURSIVE chain AS (
     SELECT {COLUMNS} FROM streams WHERE path = $1
@@ -67,14 +67,10 @@ WITH RECURSIVE chain AS (
 CHAIN_BY_IDS = CHAIN_BY_PATH.replace("WHERE path = $1", "WHERE id = ANY($1::bigint[])")
 
 
-class CorruptRecord(Exception):
-    def __init__(self, stream_id: int, start: int, reason: str) -> None:
-        super().__init__(reason)
-        self.stream_id, self.start, self.reason = stream_id, start, reason
-
-
-class PostgresStore(PgWriter, Store):
+class PostgresStore(PgReads, PgWriter, Store):
     """Streams in one PostgreSQL database, shared by any number of nodes."""
+
+    shared = True
 
     def __init__(self, dsn: str, *, pool_size: int = 10, pool_min: int = 0,
                  connect_timeout: float = 5.0, command_timeout: float = 30.0) -> None:
@@ -93,6 +89,8 @@ class PostgresStore(PgWriter, Store):
         self._tasks: list[asyncio.Task[None]] = []
         self._touched: set[int] = set()
         self._expiring: set[int] = set()
+        self._tails = TailCache()
+        self._fetch_locks: dict[int, asyncio.Lock] = {}
         self._open = False
         self.commit_observer: Any = None
         self.counters = {"batches": 0, "ops": 0, "commits": 0, "checksum_errors": 0,
@@ -141,9 +139,10 @@ class PostgresStore(PgWriter, Store):
         self._queue_access()
         for task in self._tasks:
             task.cancel()
-        # Let the writer finish what is queued, then stop it.
-        for _ in range(200):
-            if self._queue.empty():
+        # Let the writer finish what is queued and the batch it is in (its callers
+        # get their answers), then stop it.
+        for _ in range(500):
+            if self._queue.empty() and not self._writing:
                 break
             await asyncio.sleep(0.01)
         if self._writer_task is not None:
@@ -180,14 +179,20 @@ class PostgresStore(PgWriter, Store):
         self._by_path[state.path] = state
 
     def _drop_cached(self, state: StreamState) -> None:
+        self._tails.drop(state.id)
         self._by_id.pop(state.id, None)
         current = self._by_path.get(state.path)
         if current is not None and current.id == state.id:
             del self._by_path[state.path]
 
     def _publish(self, states: list[StreamState], dropped: list[StreamState],
-                 removed: list[StreamState]) -> None:
+                 removed: list[StreamState],
+                 tails: list[tuple[int, int, bytes | None]]) -> None:
         """After a local commit: make it visible, then wake readers."""
+        gone = {s.id for s in dropped}
+        for stream_id, end, data in tails:
+            if stream_id not in gone:
+                self._tails.add(stream_id, end, data)
         for state in dropped:
             self._drop_cached(state)
             self._expiring.discard(state.id)
@@ -239,18 +244,22 @@ class PostgresStore(PgWriter, Store):
         if self._pool is None:
             return self.get(path)
         try:
-            rows = await self._pool.fetch(CHAIN_BY_PATH, path)
+            row = await self._pool.fetchrow(BY_PATH, path)
+            if row is None:
+                current = self._by_path.get(path)
+                if current is not None:
+                    self._drop_cached(current)
+                return None
+            state = state_from_row(tuple(row.values()))
+            if state.source_id is not None and state.source_id not in self._by_id:
+                # A fork whose sources this node has not seen: read the whole chain.
+                for r in await self._pool.fetch(CHAIN_BY_PATH, path):
+                    self._cache_put(state_from_row(tuple(r.values())))
         except Exception as exc:
             if is_connection_error(exc) or isinstance(exc, asyncpg.PostgresError):
-                raise storage_error(exc) from None
+                raise await self._failed(exc) from None
             raise
-        if not rows:
-            current = self._by_path.get(path)
-            if current is not None:
-                self._drop_cached(current)
-            return None
-        for row in rows:
-            self._cache_put(state_from_row(tuple(row.values())))
+        self._cache_put(state)
         return self.get(path)
 
     def get(self, path: str) -> StreamState | None:
@@ -397,63 +406,24 @@ class PostgresStore(PgWriter, Store):
             await self._pool.execute("DELETE FROM garbage WHERE stream = $1", stream_id)
             self.counters["streams_reclaimed"] += 1
 
-    # -- reads --------------------------------------------------------------------------------
-    async def _read_records(self, stream_id: int, lo: int, hi: int, pos: int,
-                            budget: int, whole: bool) -> tuple[list[tuple[int, bytes]], bool]:
-        """Records with end in (max(pos, lo), hi], fetched a page of rows at a time until
-        the budget is met: a catch-up read never loads more of a stream than it answers."""
-        if self._pool is None:
-            raise ProtocolError(503, "the store is not open (server starting or stopping)")
-        after = max(pos, lo)
-        out: list[tuple[int, bytes]] = []
-        parts: list[bytes] | None = None
+    async def sync(self, timeout: float = 5.0) -> None:
+        """Return once this node has applied every commit made (on any node) before the
+        call: a NOTIFY barrier through the listener, which receives notifications in
+        commit order. The subscription leader calls it before each control request, so
+        an append acknowledged by another node is known before a claim that follows it."""
+        listener = self._listener
+        if listener is None or self._pool is None or listener.con is None:
+            return
+        token = secrets.token_hex(8)
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        listener.barriers[token] = fut
         try:
-            async with self._pool.acquire(timeout=10) as con:
-                while True:
-                    rows = await con.fetch(
-                        "SELECT end_pos, kind, data, checksum FROM records WHERE stream = $1 "
-                        "AND end_pos > $2 AND end_pos <= $3 ORDER BY end_pos LIMIT $4",
-                        stream_id, after, hi, READ_PAGE_ROWS)
-                    for end, kind, data, checksum in rows:
-                        if checksum != record_checksum(stream_id, end, kind, data):
-                            raise CorruptRecord(stream_id, end - len(data), "failed its checksum")
-                        after = end
-                        if whole:
-                            # Reassemble an append stored as pieces; pieces of an append
-                            # that began before the read's start are skipped.
-                            if kind & HEAD:
-                                parts = [data]
-                            elif parts is None:
-                                continue
-                            else:
-                                parts.append(data)
-                            if kind & _MORE:
-                                continue
-                            data = parts[0] if len(parts) == 1 else b"".join(parts)
-                            parts = None
-                        out.append((end - len(data), data))
-                        budget -= len(data)
-                        if budget <= 0 and parts is None:
-                            return out, True
-                    if len(rows) < READ_PAGE_ROWS:
-                        return out, False
-        except CorruptRecord as exc:
-            raise self._corrupt(exc) from None
-        except ProtocolError:
-            raise
-        except Exception as exc:
-            if is_connection_error(exc) or isinstance(exc, asyncpg.PostgresError):
-                raise storage_error(exc) from None
-            raise
-
-    def _corrupt(self, exc: CorruptRecord) -> ProtocolError:
-        state = self._by_id.get(exc.stream_id)
-        name = state.path if state is not None else f"#{exc.stream_id}"
-        text = (f"stored data of stream {name!r} at offset {format_offset(exc.start)} "
-                f"{exc.reason}; nothing was served")
-        log.error("%s", text)
-        self.counters["checksum_errors"] += 1
-        return ProtocolError(500, text)
+            await self._pool.execute("SELECT pg_notify($1, $2)", CHANNEL, "sync:" + token)
+            await asyncio.wait_for(fut, timeout)
+        except Exception as exc:  # a barrier is best effort: the request goes on
+            log.warning("sync barrier failed: %s", exc)
+        finally:
+            listener.barriers.pop(token, None)
 
     # -- cluster roles (store/postgres/roles.py, server/cluster.py) -------------------------
     def role(self, name: str, url: str) -> Role:
@@ -467,10 +437,27 @@ class PostgresStore(PgWriter, Store):
             return await role.leader_url(self._pool)
         except Exception as exc:
             if is_connection_error(exc) or isinstance(exc, asyncpg.PostgresError):
-                raise storage_error(exc) from None
+                raise await self._failed(exc) from None
             raise
+
+    async def _failed(self, exc: BaseException) -> ProtocolError:
+        """A request's database error as its one-line 503; after a broken connection
+        the pool's idle connections are replaced (PostgreSQL probably restarted)."""
+        if is_connection_error(exc) and self._pool is not None:
+            await self._pool.expire_connections()
+        return storage_error(exc)
+
+    def health_problem(self) -> str | None:
+        """Why this node cannot serve now (for /readyz), or None."""
+        if not self._open:
+            return "the store is not open"
+        listener = self._listener
+        if listener is None or listener.con is None or listener.con.is_closed():
+            return "the database is unreachable (reconnecting)"
+        return None
 
     def stats(self) -> dict[str, int]:
         listener = self._listener
-        return {"streams": len(self._by_id), **self.counters,
+        return {"streams": len(self._by_id), "tail_cache_bytes": self._tails.nbytes,
+                "tail_cache_streams": len(self._tails.tails), **self.counters,
                 "listener_reconnects": listener.reconnects if listener else 0}

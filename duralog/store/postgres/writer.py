@@ -44,6 +44,7 @@ from ...protocol.state import (
     apply_append,
     decide_append,
 )
+from ..base import StaleState
 from ..plans import plan_create, plan_delete
 from ..retention import trim_start
 from ..sqlite.batch import MORE, Batch
@@ -97,11 +98,14 @@ class PgWriter:
         counters: dict[str, int]
 
         def _publish(self, states: list[StreamState], dropped: list[StreamState],
-                     removed: list[StreamState]) -> None: ...
+                     removed: list[StreamState],
+                     tails: list[tuple[int, int, bytes | None]]) -> None: ...
 
     def _init_writer(self) -> None:
         self._queue: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
         self._writer_task: asyncio.Task[None] | None = None
+        self._writing = False  # a batch is in its transaction
+        self._committing = False  # ... and its COMMIT has been (or is being) sent
 
     def _submit(self, kind: int, a: Any, b: Any = None) -> asyncio.Future[Any]:
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
@@ -121,6 +125,7 @@ class PgWriter:
                     nbytes += len(op[2].payload)
             self.counters["batches"] += 1
             self.counters["ops"] += len(ops)
+            self._writing = True
             try:
                 await self._run_batch(ops, split=True)
             except Exception:  # pragma: no cover - a bug; keep serving
@@ -128,6 +133,8 @@ class PgWriter:
                 err = ProtocolError(503, "internal storage error, nothing was written")
                 for op in ops:
                     _answer(op[3], None, err)
+            finally:
+                self._writing = False
 
     async def _run_batch(self, ops: list[tuple[Any, ...]], split: bool) -> None:
         for attempt in itertools.count():
@@ -141,6 +148,14 @@ class PgWriter:
             except ProtocolError as exc:
                 error = exc
             except Exception as exc:
+                if is_connection_error(exc) and self._pool is not None:
+                    # PostgreSQL restarted or a connection broke: the pool's other idle
+                    # connections are likely dead too; open fresh ones from now on.
+                    await self._pool.expire_connections()
+                    if attempt == 0 and not self._committing:
+                        # COMMIT was never sent, so nothing of this batch can have been
+                        # written: run it once more on a new connection.
+                        continue
                 if not is_connection_error(exc) and not isinstance(exc, asyncpg.PostgresError):
                     log.exception("writer failed")
                 if split and len(ops) > 1 and not is_connection_error(exc):
@@ -150,11 +165,21 @@ class PgWriter:
                 error = exc
             else:
                 self._publish(list(batch.states.values()), list(batch.dropped.values()),
-                              batch.removed)
+                              batch.removed, batch.tails)
                 for fut, value, err in batch.results:
                     _answer(fut, value, err)
                 return
-            err = error if isinstance(error, ProtocolError) else storage_error(error)
+            if isinstance(error, ProtocolError):
+                err = error
+            elif self._committing and is_connection_error(error):
+                # The connection died with COMMIT on its way: PostgreSQL may or may not
+                # have committed. Not an acknowledgement either way; a producer's
+                # retry (5.2.1) is deduplicated if it had.
+                err = ProtocolError(503, "database connection lost during commit: the "
+                                         "write may or may not be stored; retry (with "
+                                         "Producer-Id for exactly once)")
+            else:
+                err = storage_error(error)
             if not isinstance(error, ProtocolError):
                 log.error("commit failed: %s", err.reason)
             for op in ops:
@@ -184,6 +209,7 @@ class PgWriter:
                 names_registry = True
         if names_registry and self.registry is not None:
             paths.add(self.registry)
+        self._committing = False
         async with self._pool.acquire(timeout=10) as con, con.transaction():
             started = time.perf_counter()
             rows = await con.fetch(LOCK_SQL, list(paths), ids)
@@ -232,6 +258,7 @@ class PgWriter:
                 if state.retention_bytes is not None and not state.soft_deleted:
                     await _trim(con, batch, state)
             await _write(con, batch)
+            self._committing = True  # leaving the block sends COMMIT
         self.counters["commits"] += 1
         observer = getattr(self, "commit_observer", None)
         if observer is not None:
@@ -261,6 +288,8 @@ def _do_append(batch: Batch, path: str, req: AppendRequest, now: float
         raise ProtocolError(404, "stream not found")
     if state.soft_deleted:
         raise ProtocolError(410, "stream was deleted")
+    if req.stream_id is not None and req.stream_id != state.id:
+        raise StaleState()
     shadow = batch.shadow(state)
     decision = decide_append(shadow, req)
     if decision.write:
