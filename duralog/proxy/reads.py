@@ -20,6 +20,7 @@ from ..protocol import sse
 from ..protocol.errors import ProtocolError
 from ..protocol.offsets import NOW, START, format_offset, parse_offset
 from ..protocol.state import StreamState
+from ..server import live
 from ..server.http import DisconnectWatcher
 from .asgi import Headers, Request, Send
 from .errors import ProxyError
@@ -100,23 +101,15 @@ async def _long_poll(app: ProxyApp, req: Request, send: Send, stream_id: str,
     if pos < state.tail:
         await _catch_up(app, send, stream_id, state, pos, cursors.next_cursor(client_cursor))
         return
-    deadline = time.monotonic() + app.ctx.config.long_poll_timeout
-    watcher = DisconnectWatcher(req.receive)
-    try:
-        while not state.closed:
-            left = deadline - time.monotonic()
-            if left <= 0 or app.closing:
-                break
-            await watcher.wait(app.store.notifier.future(state.id), left)
-            if watcher.gone:
-                return
-            state = app.current(stream_id, state.id)
-            if pos < state.tail:
-                await _catch_up(app, send, stream_id, state, pos,
-                                cursors.next_cursor(client_cursor))
-                return
-    finally:
-        watcher.cancel()
+    waited = await live.wait_past(app.store, req.receive, state, pos,
+                                  app.ctx.config.long_poll_timeout, lambda: app.closing,
+                                  lambda s: app.current(stream_id, s.id))
+    if waited is None:
+        return  # the client left
+    state = waited
+    if pos < state.tail:
+        await _catch_up(app, send, stream_id, state, pos, cursors.next_cursor(client_cursor))
+        return
     # PROTOCOL.md 5.7: a timeout, or a closed stream at its tail: 204.
     headers: Headers = [
         (b"stream-next-offset", format_offset(pos).encode()),
