@@ -111,17 +111,8 @@ async def _long_poll(app: ProxyApp, req: Request, send: Send, stream_id: str,
         await _catch_up(app, send, stream_id, state, pos, cursors.next_cursor(client_cursor))
         return
     # PROTOCOL.md 5.7: a timeout, or a closed stream at its tail: 204.
-    headers: Headers = [
-        (b"stream-next-offset", format_offset(pos).encode()),
-        (b"stream-up-to-date", b"true"),
-        (b"cache-control", b"no-store"),
-        *_proxy_headers(app, stream_id, state, True),
-    ]
-    if state.closed:
-        headers.append((b"stream-closed", b"true"))
-    else:
-        headers.append((b"stream-cursor", cursors.next_cursor(client_cursor).encode()))
-    await app.respond(send, 204, headers)
+    await app.respond(send, 204, live.at_tail_headers(state, pos, client_cursor)
+                      + _proxy_headers(app, stream_id, state, True))
 
 
 def _control(app: ProxyApp, stream_id: str, pos: int, cursor: str | None, up_to_date: bool,

@@ -55,6 +55,20 @@ async def wait_past(store: Store, receive: Receive, state: StreamState, pos: int
     return state
 
 
+def at_tail_headers(state: StreamState, pos: int, client_cursor: str | None) -> Headers:
+    """5.7: the 204 of a long-poll that timed out, or reached a closed stream's tail."""
+    headers: Headers = [
+        (b"stream-next-offset", format_offset(pos).encode()),
+        (b"stream-up-to-date", b"true"),
+        (b"cache-control", b"no-store"),
+    ]
+    if state.closed:
+        headers.append((b"stream-closed", b"true"))
+    else:
+        headers.append((b"stream-cursor", cursors.next_cursor(client_cursor).encode()))
+    return headers
+
+
 class LiveReads:
     """Long-poll and SSE readers of one ``Store``."""
 
@@ -117,17 +131,7 @@ class LiveReads:
             await self.ops.catch_up(req, send, state, pos, format_offset(pos),
                                     cursors.next_cursor(client_cursor))
             return
-        # 5.7: a timeout, or a closed stream at its tail: 204 with the tail.
-        headers: Headers = [
-            (b"stream-next-offset", format_offset(pos).encode()),
-            (b"stream-up-to-date", b"true"),
-            (b"cache-control", b"no-store"),
-        ]
-        if state.closed:
-            headers.append((b"stream-closed", b"true"))
-        else:
-            headers.append((b"stream-cursor", cursors.next_cursor(client_cursor).encode()))
-        await self.http.respond(send, 204, headers)
+        await self.http.respond(send, 204, at_tail_headers(state, pos, client_cursor))
 
     async def _sse(self, req: Request, send: Send, state: StreamState, pos: int,
                    client_cursor: str | None) -> None:
