@@ -84,11 +84,20 @@ def _yjs_app(ctx: ServerContext) -> SubApp:
 # config.stream_prefix without its final slash. These paths are outside the
 # stream root (or in its reserved __ds segment, PROTOCOL.md 6), so they never
 # collide with a stream name.
+def _subscriptions_app(ctx: ServerContext) -> SubApp:
+    """Subscriptions run on one node of a cluster (server/cluster.py); alone, here."""
+    if hasattr(ctx.store, "role"):
+        from .cluster import LeaderOnly
+
+        return LeaderOnly(ctx, SubscriptionsApp, "subscriptions")
+    return SubscriptionsApp(ctx)
+
+
 MOUNTS: list[tuple[str, Callable[[ServerContext], SubApp], Callable[[Config], bool]]] = [
     ("/healthz", HealthApp, lambda config: True),
     ("/readyz", ReadyApp, lambda config: True),
     ("/metrics", MetricsApp, lambda config: True),
-    ("{streams}/__ds", SubscriptionsApp, lambda config: True),  # PROTOCOL.md 6-7
+    ("{streams}/__ds", _subscriptions_app, lambda config: True),  # PROTOCOL.md 6-7
     # PROXY-PROTOCOL.md; mounted always, answering 404 unless enabled (--proxy). Its
     # service auth is --proxy-secret and, with --auth, the scoped tokens (ctx.auth).
     ("/v1/proxy", proxy_app, lambda config: True),
@@ -104,7 +113,9 @@ class DuralogApp:
 
     def __init__(self, config: Config | None = None, store: Store | None = None) -> None:
         self.config = config or Config.from_env()
-        self.store = store or open_store(self.config.backend, self.config.data_dir)
+        self.store = store or open_store(self.config.backend, self.config.data_dir,
+                                         database_url=self.config.database_url,
+                                         pool_size=self.config.pg_pool_size)
         # The store writes each registry event in the commit of the change it records.
         self.store.registry = REGISTRY if self.config.registry else None
         self.store.producer_ttl = self.config.producer_ttl

@@ -94,7 +94,7 @@ class StreamOps:
 
         effective_type = content_type
         if forked_from is not None and effective_type is None:
-            source = self.store.get(forked_from)
+            source = await self.store.fresh(forked_from)
             effective_type = source.content_type if source is not None else None
         payload: bytes | None = None
         if body:
@@ -167,7 +167,7 @@ class StreamOps:
         if not body and not close:
             raise ProtocolError(400, "empty body: an append needs data (or Stream-Closed: "
                                      "true to close)")
-        state = self.live_state(req.name)
+        state = await self.live_state(req.name)
         self.store.touch(state)
         if body and not content_type:
             raise ProtocolError(400, "Content-Type is required on an append with a body")
@@ -194,7 +194,7 @@ class StreamOps:
 
     # -- HEAD (5.5) ------------------------------------------------------------
     async def head(self, req: Request, send: Send) -> None:
-        state = self.live_state(req.name)
+        state = await self.live_state(req.name)
         headers: Headers = [
             (b"content-type", state.content_type.encode()),
             (b"stream-next-offset", state.next_offset.encode()),
@@ -220,12 +220,13 @@ class StreamOps:
 
     # -- DELETE (5.4) ----------------------------------------------------------
     async def delete(self, req: Request, send: Send) -> None:
-        self.live_state(req.name)
+        await self.live_state(req.name)
         await self.store.delete(req.name)
         await self.http.respond(send, 204, [])
 
-    def live_state(self, name: str) -> StreamState:
-        state = self.store.get(name)
+    async def live_state(self, name: str) -> StreamState:
+        # fresh(): with several server nodes another one may have changed the stream.
+        state = await self.store.fresh(name)
         if state is None:
             raise ProtocolError(404, "stream not found")
         if state.soft_deleted:
@@ -243,7 +244,7 @@ class StreamOps:
             raise ProtocolError(400, "offset is empty")
         if live is not None and offset is None:
             raise ProtocolError(400, f"live={live} needs an offset")
-        state = self.live_state(req.name)
+        state = await self.live_state(req.name)
         self.store.touch(state)  # 5.1: live reads slide the TTL when they begin
         if offset is None or offset == START:
             pos = state.start  # retention: -1 is the earliest retained data

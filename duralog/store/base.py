@@ -188,6 +188,15 @@ class Store(ABC):
         now = time.time()
         return [s for s in self.all_states() if not s.soft_deleted and not s.is_expired(now)]
 
+    async def fresh(self, path: str) -> StreamState | None:
+        """``get``, after making sure the answer is the database's current truth.
+
+        Requests call this first. A backend whose database other server nodes
+        write too (postgres) reads the stream's row here and updates its cache;
+        a single-process backend's cache is the truth, so this is ``get``.
+        """
+        return self.get(path)
+
     def get(self, path: str) -> StreamState | None:
         """The committed state at ``path``, or None. Expired streams are gone (4)."""
         state = self._state(path)
