@@ -94,7 +94,7 @@ class SecurityLayer:
         origin: bytes | None = None
         try:
             host, origin, authorization, forked_from = self._scan_headers(scope)
-            self._check_host(host)
+            self._check_host(host, scope.get("http_version", "1.1"))
             method: str = scope["method"]
             if method == "OPTIONS" and origin is not None and self._governs(scope):
                 await self._preflight(scope, origin, send)
@@ -151,14 +151,22 @@ class SecurityLayer:
                 authorization = value
             elif k == b"stream-forked-from":
                 forked_from = value
-        # RFC 9112 3.2 (exactly one Host on HTTP/1.1) is enforced by the HTTP layer
-        # (server/limits.py); in-process ASGI callers may leave Host out.
         if len(hosts) > 1:
             raise _Refusal(400, "a request needs exactly one Host header")
         return hosts, origin, authorization, forked_from
 
-    def _check_host(self, hosts: list[bytes]) -> None:
-        if self.any_host or not hosts:
+    def _check_host(self, hosts: list[bytes], http_version: str) -> None:
+        """RFC 9112 3.2 and ``--allowed-hosts``, here and not only in server/limits.py:
+        embedded in another ASGI server (uvicorn passes a request without Host on), the
+        rule still holds. Without Host: 400 on HTTP/1.1, which requires it; HTTP/1.0
+        and HTTP/2 (``:authority``, RFC 9113 8.3.1, which servers need not turn into
+        Host) pass only while every host is allowed: a list can't be checked against
+        nothing."""
+        if not hosts:
+            if http_version == "1.1" or not self.any_host:
+                raise _Refusal(400, "a request needs exactly one Host header")
+            return
+        if self.any_host:
             return
         host = hosts[0].lower()
         if host in self.hosts:

@@ -25,6 +25,12 @@ from .observe import ServerMetrics
 from .streams import StreamOps
 
 _SSE_SHARED_BYTES = 16 << 20  # most bytes of encoded SSE events kept for sharing
+#: Most stream bytes one SSE data event carries (issue 9, part 4). Encoding grows
+#: data: base64 by 4/3, a text line break into "\ndata:" (6x for empty lines). A
+#: whole 1 MiB chunk of empty lines was 6 MiB of event built in one go, 40 to 200 ms
+#: of the loop; a quarter of that is a few ms, and a slow reader holds at most one
+#: such event (341 KiB for binary data) besides what the socket took.
+SSE_STEP = 256 << 10
 
 
 class LiveReads:
@@ -209,7 +215,7 @@ class LiveReads:
             hit = self._sse_events.get(key)
             if hit is not None:
                 return hit
-        chunk = await self.store.read(state, pos, self.config.chunk_size)
+        chunk = await self.store.read(state, pos, min(self.config.chunk_size, SSE_STEP))
         if encoding == "json":
             payload = jsonmode.wrap(chunk.parts).decode("utf-8")
         elif encoding == "base64":
