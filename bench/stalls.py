@@ -53,9 +53,9 @@ def main(backend: str = "memory") -> None:
         blob = os.urandom(64 << 20)
         measure("append 64 MiB octets",
                 lambda: c.post(base + "/o", headers=octets, content=blob).status_code)
-        c.put(base + "/t", headers=text)
-        c.post(base + "/t", headers=text, content=b"a" * (1 << 20))
-        measure("gzip catch-up of 1 MiB", lambda: c.get(
+        c.put(base + "/t", headers=octets)
+        c.post(base + "/t", headers=octets, content=os.urandom(1 << 20))
+        measure("gzip catch-up of 1 MiB of random bytes", lambda: c.get(
             base + "/t", params={"offset": "-1"}, headers={"accept-encoding": "gzip"}
         ).status_code)
         c.put(base + "/j1", headers=json)

@@ -30,6 +30,7 @@ import orjson
 from ..auth import AuthConfig, Principal, RateLimiter, TokenError
 from ..protocol.errors import ProtocolError
 from ..protocol.paths import source_stream_name, stream_name
+from .http import PRIVATE_SCOPE_KEY
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -119,12 +120,27 @@ class SecurityLayer:
             scope["headers"] = [(k, v) for k, v in scope["headers"]
                                 if k.lower() not in (b"accept-encoding", b"if-none-match")]
             send = _RegistryFilter(send, registry_filter).send
-        if private or not self.any_origin or (origin is not None and origin.lower()
-                                              in self.origins):
-            send = _HeaderRewriter(send, private, self._cors_headers(origin)).send
+        cors = not self.any_origin or (origin is not None and origin.lower() in self.origins)
+        if private:
+            if not cors and self._stream_root(scope):
+                # The stream handler makes its own caching private on this flag
+                # (streams.py): no per-message rewriting of the answer's headers, which
+                # cost a third of what auth adds per request (issue 9: at most 5%).
+                scope[PRIVATE_SCOPE_KEY] = True
+            else:
+                send = _HeaderRewriter(send, True, self._cors_headers(origin)).send
+        elif cors:
+            send = _HeaderRewriter(send, False, self._cors_headers(origin)).send
         await self.app(scope, receive, send)
 
     # -- checks ---------------------------------------------------------------------
+    def _stream_root(self, scope: Scope) -> bool:
+        raw: bytes = scope.get("raw_path") or scope["path"].encode()
+        root = scope.get("root_path", "").encode()
+        if root and raw.startswith(root):
+            raw = raw[len(root):]
+        return raw.startswith(self.prefix)
+
     def _governs(self, scope: Scope) -> bool:
         """Paths this layer's CORS and access rules cover: the stream root and /metrics.
         Other mounts (the proxy, the console) answer their own preflights."""

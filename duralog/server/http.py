@@ -32,6 +32,9 @@ ALLOW_HEADERS = (b"Content-Type, Authorization, If-None-Match, Stream-Seq, Strea
                  b"Stream-Forked-From, Stream-Fork-Offset, Stream-Fork-Sub-Offset, "
                  b"Stream-Retention-Bytes, Stream-Retention-Seconds")
 METHODS = b"GET, POST, PUT, DELETE, HEAD, OPTIONS"
+#: Set in the ASGI scope by the security layer (server/auth.py) when the answer needed
+#: a token: the stream handler then makes public caching private (PROTOCOL.md 12.2).
+PRIVATE_SCOPE_KEY = "duralog.private"
 #: Bodies from this size up are joined in a thread (about 1 ms of copying on the loop).
 JOIN_IN_THREAD_BYTES = 4 << 20
 

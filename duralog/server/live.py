@@ -24,7 +24,9 @@ from .http import DisconnectWatcher, Headers, Request, Responses, Send
 from .observe import ServerMetrics
 from .streams import StreamOps
 
-_SSE_SHARED_BYTES = 16 << 20  # most bytes of encoded SSE events kept for sharing
+#: Most bytes of encoded SSE events kept for sharing between readers (4 MiB: a dozen
+#: catch-up events of binary data; fan-out at the tail shares small ones).
+SSE_SHARED_BYTES = 4 << 20
 #: Most stream bytes one SSE data event carries (issue 9, part 4). Encoding grows
 #: data: base64 by 4/3, a text line break into "\ndata:" (6x for empty lines). A
 #: whole 1 MiB chunk of empty lines was 6 MiB of event built in one go, 40 to 200 ms
@@ -225,7 +227,7 @@ class LiveReads:
         result = (sse.data_event(payload), chunk.next_pos)
         if shareable and (encoding != "text" or decoder.getstate() == (b"", 0)):
             self._sse_event_bytes += len(result[0])
-            if self._sse_event_bytes > _SSE_SHARED_BYTES:
+            if self._sse_event_bytes > SSE_SHARED_BYTES:
                 self._sse_events.clear()
                 self._sse_event_bytes = len(result[0])
             self._sse_events[key] = result

@@ -1,13 +1,15 @@
-"""``python -m bench.authcost [memory|sqlite] [ROUNDS]``: what access control costs.
+"""``python -m bench.sidebyside A B [ROUNDS]``: two servers compared side by side.
 
-Issue 9: "small appends and fan-out with auth on lose at most 5% against auth
-off". One run starts both servers (``duralog-<backend>`` and ``+auth``, whose
+Made for issue 9's "small appends and fan-out with auth on lose at most 5%
+against auth off" (``duralog-memory duralog-memory+auth``: the +auth server's
 auth file gives the bench token every scope; both get the same
-``Authorization`` header, so they differ only in what the server does with it)
-and measures them side by side: in each round both servers take the same load
-*at the same time*, so a busy neighbour on this shared machine slows both
-alike. Rounds repeat; the figure kept is the median over rounds of the per-round
-ratio (on / off), for:
+``Authorization`` header, so they differ only in what the server does with
+it), and used for the HTTP server choice too (``duralog-memory granian-memory``,
+``duralog-memory hypercorn-memory``). One run starts both and measures them
+side by side: in each round both servers take the same load *at the same time*,
+so a busy neighbour on this shared machine slows both alike. ``A A`` (the same
+target twice) shows the method's own noise. Rounds repeat; the figure kept is
+the median over rounds of the per-round ratio (B / A), for:
 
 - appends/s: 100 B appends, wrk, 32 connections per server;
 - server CPU per append (us, from /proc: the steadier figure on a loaded box);
@@ -60,7 +62,7 @@ def _both(fn: Any, targets: list[T.Target]) -> list[dict[str, float]]:
 
 
 def appends(t: T.Target) -> dict[str, float]:
-    stream = _name("auth-a")
+    stream = _name("side-a")
     with Client(t.base) as c:
         c.create(stream, "application/octet-stream")
     cpu0 = t.cpu()
@@ -80,7 +82,7 @@ def appends(t: T.Target) -> dict[str, float]:
 
 def fanout(mode: str) -> Any:
     def run(t: T.Target) -> dict[str, float]:
-        stream = _name("auth-f")
+        stream = _name("side-f")
         with Client(t.base) as c:
             c.create(stream, "text/plain")
         cpu0 = t.cpu()
@@ -100,34 +102,42 @@ def fanout(mode: str) -> Any:
 
 
 def main(argv: list[str]) -> int:
-    backend = argv[0] if argv else "memory"
-    rounds = int(argv[1]) if len(argv) > 1 else 5
-    base = f"duralog-{backend}" if backend == "memory" else "duralog-sqlite"
+    if len(argv) < 2:
+        print(__doc__, file=sys.stderr)
+        return 2
+    names = argv[:2]
+    rounds = int(argv[2]) if len(argv) > 2 else 5
+    for n in names:
+        T.spec_for(n)  # unknown names fail here, before anything starts
     os.environ["BENCH_AUTHORIZATION"] = f"Bearer {T.BENCH_TOKEN}"
     raise_fd_limit()
-    log_dir = Path(tempfile.mkdtemp(prefix="authcost-"))
-    targets = [T.start(base, log_dir), T.start(base + "+auth", log_dir)]
+    log_dir = Path(tempfile.mkdtemp(prefix="sidebyside-"))
+    targets = [T.start(names[0], log_dir)]
+    # The same target twice (an A/A run): a second server of the same spec.
+    targets.append(T.start(names[1], log_dir))
     per_round: dict[str, list[tuple[float, float]]] = {}
     try:
         for rnd in range(rounds):
             for fn in (appends, fanout("long-poll"), fanout("sse")):
-                off, on = _both(fn, targets)
-                for key in off:
-                    per_round.setdefault(key, []).append((off[key], on[key]))
-                    print(f"round {rnd + 1}: {key}: off {off[key]:,.1f} on {on[key]:,.1f}",
-                          flush=True)
+                # Alternate which one each thread starts first.
+                pair = targets if rnd % 2 == 0 else targets[::-1]
+                got = _both(fn, pair)
+                a, b = got if rnd % 2 == 0 else got[::-1]
+                for key in a:
+                    per_round.setdefault(key, []).append((a[key], b[key]))
+                    print(f"round {rnd + 1}: {key}: A {a[key]:,.1f} B {b[key]:,.1f}", flush=True)
     finally:
         for t in targets:
             t.stop()
-    print(f"\n{base}, {rounds} rounds, both servers loaded at once; median of per-round "
-          "ratios (on/off), and of each side:")
+    print(f"\nA = {names[0]}, B = {names[1]}; {rounds} rounds, both loaded at once; "
+          "median of each side and of the per-round ratios B/A:")
     for key, pairs in per_round.items():
-        ratio = statistics.median(on / off for off, on in pairs)
+        ratio = statistics.median(b / a for a, b in pairs)
         better = "higher" if key.endswith("/s") else "lower"
         cost = (1 - ratio) if better == "higher" else (ratio - 1)
-        print(f"  {key:<48} off {statistics.median(p[0] for p in pairs):>10,.1f}  "
-              f"on {statistics.median(p[1] for p in pairs):>10,.1f}  on/off {ratio:.3f}  "
-              f"auth costs {cost * 100:+.1f}% ({better} is better)")
+        print(f"  {key:<48} A {statistics.median(p[0] for p in pairs):>10,.1f}  "
+              f"B {statistics.median(p[1] for p in pairs):>10,.1f}  B/A {ratio:.3f}  "
+              f"B loses {cost * 100:+.1f}% ({better} is better)")
     return 0
 
 
