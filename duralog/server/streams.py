@@ -21,6 +21,7 @@ from ..protocol.offsets import NOW, START, format_offset, parse_offset
 from ..protocol.paths import source_stream_name
 from ..protocol.state import AppendRequest, CreateRequest, StreamState
 from ..store import Store
+from ..store.base import StaleState
 from ..store.plans import EARLIEST_OFFSET_HEADER, gone_before
 from ..store.registry import REGISTRY
 from .config import Config
@@ -178,21 +179,31 @@ class StreamOps:
         if not body and not close:
             raise ProtocolError(400, "empty body: an append needs data (or Stream-Closed: "
                                      "true to close)")
-        state = await self.live_state(req.name)
-        self.store.touch(state)
+        # The cached state saves a database round trip on a shared store (postgres):
+        # the append is decided against the database anyway, and one prepared for
+        # a stream another node has since replaced is refused (StaleState) and
+        # prepared again from the database's state.
+        state = self.store.get(req.name) if self.store.shared else None
+        cached = state is not None and not state.soft_deleted
+        if not cached:
+            state = await self.live_state(req.name)
         if body and not content_type:
             raise ProtocolError(400, "Content-Type is required on an append with a body")
-        payload = body
-        if body and not state.closed:
-            if H.media_type(content_type) != H.media_type(state.content_type):
-                raise ProtocolError(409, "content type does not match the stream's "
-                                         f"({state.content_type})")
-            if H.is_json(state.content_type):
-                payload = await offload.append_fragment(body, allow_empty=False)
-                assert payload is not None
-        decision, state = await self.store.append(req.name, AppendRequest(
-            payload=payload, content_type=content_type, stream_seq=stream_seq,
-            producer=producer, close=close))
+        while True:
+            assert state is not None
+            self.store.touch(state)
+            try:
+                payload = await self._append_payload(state, body, content_type)
+                decision, state = await self.store.append(req.name, AppendRequest(
+                    payload=payload, content_type=content_type, stream_seq=stream_seq,
+                    producer=producer, close=close, stream_id=state.id if cached else None))
+            except (StaleState, ProtocolError) as err:
+                if not cached or not (isinstance(err, StaleState) or err.status == 409):
+                    raise
+                cached = False
+                state = await self.live_state(req.name)
+                continue
+            break
         if decision.error is not None:
             raise decision.error
         if self.metrics is not None and decision.write and payload:
@@ -202,6 +213,19 @@ class StreamOps:
         if decision.write and b"stream-next-offset" not in dict(headers):
             headers.append((b"stream-next-offset", state.next_offset.encode()))
         await self.http.respond(send, decision.status, headers)
+
+    async def _append_payload(self, state: StreamState, body: bytes,
+                              content_type: str | None) -> bytes:
+        """What an append stores: the body, or its JSON fragment (5.2)."""
+        if body and not state.closed:
+            if H.media_type(content_type) != H.media_type(state.content_type):
+                raise ProtocolError(409, "content type does not match the stream's "
+                                         f"({state.content_type})")
+            if H.is_json(state.content_type):
+                payload = await offload.append_fragment(body, allow_empty=False)
+                assert payload is not None
+                return payload
+        return body
 
     # -- HEAD (5.5) ------------------------------------------------------------
     async def head(self, req: Request, send: Send) -> None:
