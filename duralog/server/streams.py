@@ -329,7 +329,12 @@ class StreamOps:
             headers.append((b"stream-closed", b"true"))
         if cursor is not None:
             headers.append((b"stream-cursor", cursor.encode()))
-        cache = self._cache_control(state, bool(chunk.parts))
+        if req.query_one("offset") == NOW:
+            # PROTOCOL.md 8: offset=now names the tail at the time of asking; a long-poll
+            # answer to it must not be served from a cache to a reader who asks later.
+            cache = b"no-store"
+        else:
+            cache = self._cache_control(state, bool(chunk.parts))
         if req.scope.get(PRIVATE_SCOPE_KEY) and cache.startswith(b"public"):
             # PROTOCOL.md 12.2: an answer that needed a token is for that client only
             # (the security layer says so; server/auth.py).
