@@ -210,3 +210,41 @@ def test_schema_newer_than_known_is_refused(pg_server: PgServer, tmp_path: Path)
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr
     assert "schema is version 999, newer than this duralog knows" in lines[0]
+
+
+def test_subscriptions_move_to_another_node_when_their_leader_dies(
+        pg_server: PgServer, tmp_path: Path) -> None:
+    """One node runs subscriptions (server/cluster.py); the other forwards to it. When
+    that node is killed (kill -9), the survivor takes the role and serves the same
+    subscription, replayed from the database."""
+    database = unique_name("subs")
+    url = pg_server.create_database(database)
+    nodes = pg_nodes(url, 2, tmp_path)
+    try:
+        a, b = nodes
+        assert httpx.put(stream(a, "wakes"), headers={"content-type": "application/json"},
+                         content=b"[]").status_code == 201
+        sub = {"type": "pull-wake", "pattern": "events/*", "wake_stream": "wakes",
+               "lease_ttl_ms": 1000}
+        for node in nodes:  # created through one node, re-confirmed through the other
+            r = httpx.put(f"{node.url}/v1/stream/__ds/subscriptions/s1", json=sub)
+            assert r.status_code in (200, 201), r.text
+        leader_url = pg_server.sql("SELECT url FROM roles WHERE role = 'subscriptions'",
+                                   database)
+        leader = next(n for n in nodes if n.url == leader_url)
+        survivor = b if leader is a else a
+        leader.kill()
+        deadline = time.monotonic() + 20
+        while True:
+            r = httpx.get(f"{survivor.url}/v1/stream/__ds/subscriptions/s1", timeout=10)
+            if r.status_code == 200:
+                break
+            assert r.status_code == 503, r.text  # while no node leads: retry
+            assert time.monotonic() < deadline, "no node took over subscriptions"
+            time.sleep(0.2)
+        assert r.json()["pattern"] == "events/*"
+        assert pg_server.sql("SELECT url FROM roles WHERE role = 'subscriptions'",
+                             database) == survivor.url
+    finally:
+        for node in nodes:
+            node.stop()

@@ -86,8 +86,10 @@ def test_large_appends_pieces_and_paged_reads(pg_db: str) -> None:
 
 
 def test_damaged_record_is_never_served(pg_db: str) -> None:
-    async def body(store: PostgresStore) -> None:
-        await store.create("d", CreateRequest(content_type=TEXT), b"good data")
+    async def body(writer: PostgresStore, store: PostgresStore) -> None:
+        # Written through one store, read through another: the reader's tail cache
+        # does not hold the record, so it comes from the database.
+        await writer.create("d", CreateRequest(content_type=TEXT), b"good data")
         con = await asyncpg.connect(pg_db)
         try:
             await con.execute("UPDATE records SET data = 'evil data' WHERE end_pos = 9")
@@ -100,7 +102,7 @@ def test_damaged_record_is_never_served(pg_db: str) -> None:
         assert err.value.status == 500
         assert "failed its checksum" in err.value.reason
         assert store.counters["checksum_errors"] == 1
-    run(pg_db, body)
+    run(pg_db, body, stores=2)
 
 
 def test_forks_and_soft_delete(pg_db: str) -> None:
@@ -164,4 +166,71 @@ def test_group_commit_shares_transactions(pg_db: str) -> None:
         assert commits < 400  # the 400 appends were not committed one per transaction
         for i in range(20):
             assert await read_all(store, f"g{i}") == b"x" * 20
+    run(pg_db, body)
+
+
+def test_append_prepared_for_a_replaced_stream_is_refused(pg_db: str) -> None:
+    """Another node deleted and re-created the path: an append prepared for the old
+    stream (from a cached state) is refused with StaleState, never written into the
+    new stream (whose content type may differ)."""
+    from duralog.store.base import StaleState
+
+    async def body(a: PostgresStore, b: PostgresStore) -> None:
+        await a.create("r", CreateRequest(content_type=TEXT), b"old")
+        old = await b.fresh("r")
+        assert old is not None
+        await a.delete("r")
+        await a.create("r", CreateRequest(content_type="application/json"), None)
+        with pytest.raises(StaleState):
+            await b.append("r", AppendRequest(payload=b"x", content_type=TEXT,
+                                              stream_id=old.id))
+        new = await b.fresh("r")
+        assert new is not None and new.id != old.id and new.tail == 0
+    run(pg_db, body, stores=2)
+
+
+def test_tail_cache_keeps_only_gapless_runs() -> None:
+    from duralog.store.postgres.tails import TailCache
+
+    cache = TailCache()
+    cache.add(1, 3, b"abc")
+    cache.add(1, 5, b"de")
+    tail = cache.get(1)
+    assert tail is not None and (tail.start, tail.ends) == (0, [3, 5])
+    cache.add(1, 5, b"de")  # known already: nothing changes
+    assert tail.ends == [3, 5]
+    cache.add(1, 9, b"xy")  # starts at 7, not 5: another node's records in between
+    tail = cache.get(1)
+    assert tail is not None and (tail.start, tail.ends, tail.datas) == (7, [9], [b"xy"])
+    cache.add(1, 1 << 20, None)  # too large to keep: the entry restarts after it
+    tail = cache.get(1)
+    assert tail is not None and (tail.start, tail.ends) == (1 << 20, [])
+    cache.drop(1)
+    assert cache.get(1) is None and cache.nbytes == 0
+
+
+def test_background_sweep_reclaims_and_drops_old_producers(pg_db: str) -> None:
+    from duralog.protocol.headers import Producer
+
+    async def body(store: PostgresStore) -> None:
+        await store.create("gone", CreateRequest(content_type=TEXT), b"x" * 1000)
+        gone = store.get("gone")
+        assert gone is not None
+        await store.create("kept", CreateRequest(content_type=TEXT), None)
+        await store.append("kept", AppendRequest(payload=b"p", content_type=TEXT,
+                                                 producer=Producer("w", 0, 0)))
+        await store.delete("gone")
+        store.producer_ttl = 0.0  # every producer is old
+        store._producers_swept = 0.0
+        await store.sweep_expired()
+        con = await asyncpg.connect(pg_db)
+        try:
+            assert await con.fetchval("SELECT count(*) FROM records WHERE stream = $1",
+                                      gone.id) == 0
+            assert await con.fetchval("SELECT count(*) FROM garbage") == 0
+            assert await con.fetchval("SELECT count(*) FROM producers") == 0
+        finally:
+            await con.close()
+        assert store.counters["streams_reclaimed"] == 1
+        assert store.counters["producers_dropped"] == 1
     run(pg_db, body)

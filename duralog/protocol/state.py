@@ -146,6 +146,10 @@ class AppendRequest:
     # process being killed but not a power cut). Only the server's own writes use it
     # (the proxy's body batches, docs/proxy.md); client appends are always synced.
     sync: bool = True
+    #: The stream the caller prepared this append for (its id), or None. A backend
+    #: whose view may lag the database (postgres, several nodes) refuses with
+    #: store.base.StaleState when the path now names another stream.
+    stream_id: int | None = None
 
 
 @dataclass(slots=True)

@@ -126,6 +126,9 @@ class LeaderOnly:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self.running:
+            # Every commit acknowledged before this request (on any node) reaches the
+            # sub-app's observers first: a claim right after an append sees it.
+            await self.ctx.store.sync()  # type: ignore[attr-defined]
             await self.inner(scope, receive, send)
             return
         headers = [(k, v) for k, v in scope.get("headers", [])]

@@ -25,7 +25,15 @@ from .http import DisconnectWatcher, Headers, Receive, Request, Responses, Send
 from .observe import ServerMetrics
 from .streams import StreamOps
 
-_SSE_SHARED_BYTES = 16 << 20  # most bytes of encoded SSE events kept for sharing
+#: Most bytes of encoded SSE events kept for sharing between readers (4 MiB: a dozen
+#: catch-up events of binary data; fan-out at the tail shares small ones).
+SSE_SHARED_BYTES = 4 << 20
+#: Most stream bytes one SSE data event carries (issue 9, part 4). Encoding grows
+#: data: base64 by 4/3, a text line break into "\ndata:" (6x for empty lines). A
+#: whole 1 MiB chunk of empty lines was 6 MiB of event built in one go, 40 to 200 ms
+#: of the loop; a quarter of that is a few ms, and a slow reader holds at most one
+#: such event (341 KiB for binary data) besides what the socket took.
+SSE_STEP = 256 << 10
 
 
 async def wait_past(store: Store, receive: Receive, state: StreamState, pos: int,
@@ -236,7 +244,7 @@ class LiveReads:
             hit = self._sse_events.get(key)
             if hit is not None:
                 return hit
-        chunk = await self.store.read(state, pos, self.config.chunk_size)
+        chunk = await self.store.read(state, pos, min(self.config.chunk_size, SSE_STEP))
         if encoding == "json":
             payload = jsonmode.wrap(chunk.parts).decode("utf-8")
         elif encoding == "base64":
@@ -246,7 +254,7 @@ class LiveReads:
         result = (sse.data_event(payload), chunk.next_pos)
         if shareable and (encoding != "text" or decoder.getstate() == (b"", 0)):
             self._sse_event_bytes += len(result[0])
-            if self._sse_event_bytes > _SSE_SHARED_BYTES:
+            if self._sse_event_bytes > SSE_SHARED_BYTES:
                 self._sse_events.clear()
                 self._sse_event_bytes = len(result[0])
             self._sse_events[key] = result

@@ -56,6 +56,9 @@ class Listener:
         self._task: asyncio.Task[None] | None = None
         self._lost = asyncio.Event()
         self.reconnects = 0
+        #: Barriers this node waits for (store.sync): token -> future.
+        self.barriers: dict[str, asyncio.Future[None]] = {}
+        self._loading: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         await self._connect()
@@ -110,6 +113,9 @@ class Listener:
         store = self.store
         unknown: list[int] = []
         for entry in payload.split():
+            if entry.startswith("sync:"):
+                self._barrier(entry[5:])
+                continue
             parsed = parse_entry(entry)
             if parsed is None:
                 continue
@@ -137,4 +143,24 @@ class Listener:
             store.notifier.changed(sid)
         if unknown:
             # Streams created on another node: fetch their rows, then announce them.
-            asyncio.get_running_loop().create_task(store._load_ids(unknown, notify=True))
+            task = asyncio.get_running_loop().create_task(store._load_ids(unknown, notify=True))
+            self._loading.add(task)
+            task.add_done_callback(self._loading.discard)
+
+    def _barrier(self, token: str) -> None:
+        """A barrier's NOTIFY arrived: everything committed before it has been applied
+        once the loads it started are done (PostgreSQL delivers notifications of
+        different transactions in the order the transactions committed; NOTIFY docs)."""
+        fut = self.barriers.pop(token, None)
+        if fut is None or fut.done():
+            return
+        if not self._loading:
+            fut.set_result(None)
+            return
+        pending = list(self._loading)
+
+        async def after_loads() -> None:
+            await asyncio.gather(*pending, return_exceptions=True)
+            if not fut.done():
+                fut.set_result(None)
+        asyncio.get_running_loop().create_task(after_loads())

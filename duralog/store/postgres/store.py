@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -29,13 +30,14 @@ import asyncpg
 from ...protocol.errors import ProtocolError
 from ...protocol.offsets import format_offset
 from ...protocol.state import AppendDecision, AppendRequest, CreateRequest, StreamState
-from ..base import Store
+from ..base import Store, scan_records
 from ..sqlite.batch import HEAD
 from ..sqlite.batch import MORE as _MORE
 from ..sqlite.schema import record_checksum, state_from_row
 from .listener import Listener
 from .roles import Role
 from .schema import (
+    CHANNEL,
     COLUMNS,
     LOCK_RECLAIM,
     LOCK_REGISTRY,
@@ -45,6 +47,7 @@ from .schema import (
     migrate,
     storage_error,
 )
+from .tails import TailCache
 from .writer import APPEND, CREATE, DELETE, EXPIRE, TRIM, PgWriter
 
 log = logging.getLogger("duralog.postgres")
@@ -56,6 +59,7 @@ READ_PAGE_ROWS = 64
 #: Records of dropped streams removed per reclaim step.
 RECLAIM_STEP_ROWS = 5000
 
+BY_PATH = f"SELECT {COLUMNS} FROM streams WHERE path = $1"
 CHAIN_BY_PATH = f"""
 WITH RECURSIVE chain AS (
     SELECT {COLUMNS} FROM streams WHERE path = $1
@@ -76,6 +80,8 @@ class CorruptRecord(Exception):
 class PostgresStore(PgWriter, Store):
     """Streams in one PostgreSQL database, shared by any number of nodes."""
 
+    shared = True
+
     def __init__(self, dsn: str, *, pool_size: int = 10, pool_min: int = 0,
                  connect_timeout: float = 5.0, command_timeout: float = 30.0) -> None:
         super().__init__()
@@ -93,6 +99,8 @@ class PostgresStore(PgWriter, Store):
         self._tasks: list[asyncio.Task[None]] = []
         self._touched: set[int] = set()
         self._expiring: set[int] = set()
+        self._tails = TailCache()
+        self._fetch_locks: dict[int, asyncio.Lock] = {}
         self._open = False
         self.commit_observer: Any = None
         self.counters = {"batches": 0, "ops": 0, "commits": 0, "checksum_errors": 0,
@@ -180,14 +188,20 @@ class PostgresStore(PgWriter, Store):
         self._by_path[state.path] = state
 
     def _drop_cached(self, state: StreamState) -> None:
+        self._tails.drop(state.id)
         self._by_id.pop(state.id, None)
         current = self._by_path.get(state.path)
         if current is not None and current.id == state.id:
             del self._by_path[state.path]
 
     def _publish(self, states: list[StreamState], dropped: list[StreamState],
-                 removed: list[StreamState]) -> None:
+                 removed: list[StreamState],
+                 tails: list[tuple[int, int, bytes | None]]) -> None:
         """After a local commit: make it visible, then wake readers."""
+        gone = {s.id for s in dropped}
+        for stream_id, end, data in tails:
+            if stream_id not in gone:
+                self._tails.add(stream_id, end, data)
         for state in dropped:
             self._drop_cached(state)
             self._expiring.discard(state.id)
@@ -239,18 +253,22 @@ class PostgresStore(PgWriter, Store):
         if self._pool is None:
             return self.get(path)
         try:
-            rows = await self._pool.fetch(CHAIN_BY_PATH, path)
+            row = await self._pool.fetchrow(BY_PATH, path)
+            if row is None:
+                current = self._by_path.get(path)
+                if current is not None:
+                    self._drop_cached(current)
+                return None
+            state = state_from_row(tuple(row.values()))
+            if state.source_id is not None and state.source_id not in self._by_id:
+                # A fork whose sources this node has not seen: read the whole chain.
+                for r in await self._pool.fetch(CHAIN_BY_PATH, path):
+                    self._cache_put(state_from_row(tuple(r.values())))
         except Exception as exc:
             if is_connection_error(exc) or isinstance(exc, asyncpg.PostgresError):
                 raise storage_error(exc) from None
             raise
-        if not rows:
-            current = self._by_path.get(path)
-            if current is not None:
-                self._drop_cached(current)
-            return None
-        for row in rows:
-            self._cache_put(state_from_row(tuple(row.values())))
+        self._cache_put(state)
         return self.get(path)
 
     def get(self, path: str) -> StreamState | None:
@@ -400,13 +418,38 @@ class PostgresStore(PgWriter, Store):
     # -- reads --------------------------------------------------------------------------------
     async def _read_records(self, stream_id: int, lo: int, hi: int, pos: int,
                             budget: int, whole: bool) -> tuple[list[tuple[int, bytes]], bool]:
-        """Records with end in (max(pos, lo), hi], fetched a page of rows at a time until
-        the budget is met: a catch-up read never loads more of a stream than it answers."""
+        after = max(pos, lo)
+        tail = self._tails.get(stream_id)
+        if tail is None or after < tail.start:
+            # Catch-up behind the cached tail: straight from the database; it seeds
+            # the cache only for a stream that has none (tails.py).
+            return await self._db_read(stream_id, after, hi, budget, whole, tail is None)
+        if tail.end >= hi:
+            return scan_records(tail.ends, tail.datas, after, hi, budget)
+        # Newer records than the cache holds (another node committed them): one
+        # reader of this stream fetches them, the others then read them from memory.
+        lock = self._fetch_locks.get(stream_id)
+        if lock is None:
+            lock = self._fetch_locks[stream_id] = asyncio.Lock()
+        try:
+            async with lock:
+                tail = self._tails.get(stream_id)
+                if tail is not None and after >= tail.start and tail.end >= hi:
+                    return scan_records(tail.ends, tail.datas, after, hi, budget)
+                return await self._db_read(stream_id, after, hi, budget, whole, True)
+        finally:
+            if not lock.locked():
+                self._fetch_locks.pop(stream_id, None)
+
+    async def _db_read(self, stream_id: int, after: int, hi: int, budget: int, whole: bool,
+                       populate: bool) -> tuple[list[tuple[int, bytes]], bool]:
+        """Records with end in (after, hi], fetched a page of rows at a time until the
+        budget is met: a catch-up read never loads more of a stream than it answers."""
         if self._pool is None:
             raise ProtocolError(503, "the store is not open (server starting or stopping)")
-        after = max(pos, lo)
         out: list[tuple[int, bytes]] = []
         parts: list[bytes] | None = None
+        cache = self._tails
         try:
             async with self._pool.acquire(timeout=10) as con:
                 while True:
@@ -418,6 +461,11 @@ class PostgresStore(PgWriter, Store):
                         if checksum != record_checksum(stream_id, end, kind, data):
                             raise CorruptRecord(stream_id, end - len(data), "failed its checksum")
                         after = end
+                        if populate:
+                            if kind == HEAD:  # a whole append in one row
+                                cache.add(stream_id, end, data)
+                            elif not kind & _MORE:  # the last piece of a large append
+                                cache.add(stream_id, end, None, start=end)
                         if whole:
                             # Reassemble an append stored as pieces; pieces of an append
                             # that began before the read's start are skipped.
@@ -455,6 +503,25 @@ class PostgresStore(PgWriter, Store):
         self.counters["checksum_errors"] += 1
         return ProtocolError(500, text)
 
+    async def sync(self, timeout: float = 5.0) -> None:
+        """Return once this node has applied every commit made (on any node) before the
+        call: a NOTIFY barrier through the listener, which receives notifications in
+        commit order. The subscription leader calls it before each control request, so
+        an append acknowledged by another node is known before a claim that follows it."""
+        listener = self._listener
+        if listener is None or self._pool is None or listener.con is None:
+            return
+        token = secrets.token_hex(8)
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        listener.barriers[token] = fut
+        try:
+            await self._pool.execute("SELECT pg_notify($1, $2)", CHANNEL, "sync:" + token)
+            await asyncio.wait_for(fut, timeout)
+        except Exception as exc:  # a barrier is best effort: the request goes on
+            log.warning("sync barrier failed: %s", exc)
+        finally:
+            listener.barriers.pop(token, None)
+
     # -- cluster roles (store/postgres/roles.py, server/cluster.py) -------------------------
     def role(self, name: str, url: str) -> Role:
         """A role only one node of the cluster holds at a time (subscriptions)."""
@@ -472,5 +539,6 @@ class PostgresStore(PgWriter, Store):
 
     def stats(self) -> dict[str, int]:
         listener = self._listener
-        return {"streams": len(self._by_id), **self.counters,
+        return {"streams": len(self._by_id), "tail_cache_bytes": self._tails.nbytes,
+                "tail_cache_streams": len(self._tails.tails), **self.counters,
                 "listener_reconnects": listener.reconnects if listener else 0}

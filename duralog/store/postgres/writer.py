@@ -44,6 +44,7 @@ from ...protocol.state import (
     apply_append,
     decide_append,
 )
+from ..base import StaleState
 from ..plans import plan_create, plan_delete
 from ..retention import trim_start
 from ..sqlite.batch import MORE, Batch
@@ -97,7 +98,8 @@ class PgWriter:
         counters: dict[str, int]
 
         def _publish(self, states: list[StreamState], dropped: list[StreamState],
-                     removed: list[StreamState]) -> None: ...
+                     removed: list[StreamState],
+                     tails: list[tuple[int, int, bytes | None]]) -> None: ...
 
     def _init_writer(self) -> None:
         self._queue: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
@@ -150,7 +152,7 @@ class PgWriter:
                 error = exc
             else:
                 self._publish(list(batch.states.values()), list(batch.dropped.values()),
-                              batch.removed)
+                              batch.removed, batch.tails)
                 for fut, value, err in batch.results:
                     _answer(fut, value, err)
                 return
@@ -261,6 +263,8 @@ def _do_append(batch: Batch, path: str, req: AppendRequest, now: float
         raise ProtocolError(404, "stream not found")
     if state.soft_deleted:
         raise ProtocolError(410, "stream was deleted")
+    if req.stream_id is not None and req.stream_id != state.id:
+        raise StaleState()
     shadow = batch.shadow(state)
     decision = decide_append(shadow, req)
     if decision.write:

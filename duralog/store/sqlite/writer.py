@@ -292,7 +292,7 @@ class Writer:
                         (stream_id, start))
             records = [r for r in records if r[0] != stream_id or r[1] > start]
         if records:
-            insert_rows(con, "INSERT INTO records", 6, records)
+            insert_rows(con, "INSERT INTO records", 6, records, blob=3)
         for stream_id in dropped:
             # The stream row goes now; its records are removed in the background
             # (ids are never reused, so leftover records are unreachable).
