@@ -221,8 +221,14 @@ class PgWriter:
         if names_registry and self.registry is not None:
             paths.add(self.registry)
         self._committing = False
+        unsynced = all(op[0] == APPEND and not op[2].sync for op in ops)
         async with self._pool.acquire(timeout=10) as con, con.transaction():
             started = time.perf_counter()
+            if unsynced:
+                # Nothing but the server's own unsynced appends (the proxy's body
+                # batches, AppendRequest.sync): the commit does not wait for the WAL
+                # flush (readable at once; a PostgreSQL crash may lose the last ones).
+                await con.execute("SET LOCAL synchronous_commit TO off")
             rows = await con.fetch(LOCK_SQL, list(paths), ids)
             by_id: dict[int, StreamState] = {}
             by_path: dict[str, StreamState] = {}
