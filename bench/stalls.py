@@ -1,7 +1,7 @@
 """``python -m bench.stalls [memory|sqlite]``: worst event-loop stall per offender.
 
-Starts a duralog server, runs each offender of issue 9 once while a second
-connection sends HEADs back to back, and prints the worst HEAD latency: how long
+Starts a duralog server, runs each offender of issue 9 once while another
+process sends HEADs back to back on its own connection, and prints the worst HEAD latency: how long
 the event loop was held. Figures are in docs/security.md.
 """
 
@@ -11,13 +11,13 @@ import os
 import socket
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 
 import httpx
 
 from tests.servers import duralog_server
+from tests.test_limits import HeadProbe
 
 ZERO = "0000000000000000_0000000000000000"
 
@@ -28,25 +28,14 @@ def main(backend: str = "memory") -> None:
     base = srv.url + "/v1/stream"
 
     def measure(name: str, fn: Callable[[], object]) -> None:
-        stop, lat = threading.Event(), []
-
-        def probe() -> None:
-            with httpx.Client(timeout=60) as c:
-                while not stop.is_set():
-                    t = time.perf_counter()
-                    c.head(base + "/probe")
-                    lat.append(time.perf_counter() - t)
-                    time.sleep(0.005)
-
-        th = threading.Thread(target=probe)
-        th.start()
-        time.sleep(0.3)
-        t = time.perf_counter()
-        result = fn()
-        elapsed = time.perf_counter() - t
-        time.sleep(0.2)
-        stop.set()
-        th.join()
+        # The prober is its own process (tests/head_probe.py): the server's stalls,
+        # not this process's GIL while it builds or sends a large body.
+        with HeadProbe(srv) as probe:
+            t = time.perf_counter()
+            result = fn()
+            elapsed = time.perf_counter() - t
+            time.sleep(0.2)
+        lat = probe.latencies
         print(f"{backend} {name}: {result} in {elapsed:.2f}s, worst HEAD "
               f"{max(lat) * 1000:.0f} ms ({len(lat)} probes)", flush=True)
 
@@ -64,9 +53,9 @@ def main(backend: str = "memory") -> None:
         blob = os.urandom(64 << 20)
         measure("append 64 MiB octets",
                 lambda: c.post(base + "/o", headers=octets, content=blob).status_code)
-        c.put(base + "/t", headers=text)
-        c.post(base + "/t", headers=text, content=b"a" * (1 << 20))
-        measure("gzip catch-up of 1 MiB", lambda: c.get(
+        c.put(base + "/t", headers=octets)
+        c.post(base + "/t", headers=octets, content=os.urandom(1 << 20))
+        measure("gzip catch-up of 1 MiB of random bytes", lambda: c.get(
             base + "/t", params={"offset": "-1"}, headers={"accept-encoding": "gzip"}
         ).status_code)
         c.put(base + "/j1", headers=json)

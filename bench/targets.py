@@ -34,7 +34,7 @@ class TargetSpec:
     name: str
     kind: str  # "duralog" | "reference" | "url"
     mode: str  # "memory" | "durable"
-    server: str  # "uvicorn" | "granian" | "node" | "external"
+    server: str  # "uvicorn" | "granian" | "hypercorn" | "node" | "external"
     flags: tuple[str, ...] = ()  # extra `duralog serve` flags
     auth: bool = False  # run with an auth file; clients send BENCH_TOKEN
     backend: str = ""  # "" = by mode (memory or sqlite); "postgres": bench/pgtarget.py
@@ -48,6 +48,10 @@ SPECS: dict[str, TargetSpec] = {s.name: s for s in [
     TargetSpec("ref-datadir", "reference", "durable", "node"),
     TargetSpec("granian-memory", "duralog", "memory", "granian"),
     TargetSpec("granian-sqlite", "duralog", "durable", "granian"),
+    # Not a dependency: pip install hypercorn to run these (docs/security.md, the
+    # HTTP server choice).
+    TargetSpec("hypercorn-memory", "duralog", "memory", "hypercorn"),
+    TargetSpec("hypercorn-sqlite", "duralog", "durable", "hypercorn"),
     # The same servers without the access log and metrics layer (docs/benchmarks.md:
     # what observability costs): compare with duralog-memory / duralog-sqlite.
     TargetSpec("duralog-memory-bare", "duralog", "memory", "uvicorn",
@@ -279,6 +283,14 @@ def start(name: str, log_dir: Path, long_poll_timeout: float = 30.0,
                 # granian caps concurrent requests per worker at backlog/workers by
                 # default: 10,000 live readers need more.
                 "--backpressure", "65536", "--factory", "duralog.server.app:create_app"]
+    elif spec.server == "hypercorn":
+        env["DURALOG_BACKEND"] = "memory" if spec.mode == "memory" else "sqlite"
+        env["DURALOG_LONG_POLL_TIMEOUT"] = str(long_poll_timeout)
+        if data_dir:
+            env["DURALOG_DATA_DIR"] = data_dir
+        args = [sys.executable, "-m", "hypercorn", "--bind", f"127.0.0.1:{port}",
+                "--worker-class", "uvloop", "--backlog", "4096", "--log-level", "warning",
+                "duralog.server.app:create_app()"]
     elif spec.server == "node":
         env["REF_LONG_POLL_TIMEOUT_MS"] = str(int(long_poll_timeout * 1000))
         args = ["node", str(ROOT / "tests/peers/reference-server.mjs"), str(port)]

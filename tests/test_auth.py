@@ -1,8 +1,9 @@
 """Access control against real servers: the auth matrix of issue 9, CORS, Host, rate limits.
 
 The matrix: every operation x every token state (a valid token of each single
-scope, a token of every scope, a token for other paths, expired, forged,
-missing) x where the token travels (Authorization header, ``token`` query
+scope, a token of every scope; for each single scope and for all three: a token
+for other paths, expired, forged; a tampered token, an unknown static token,
+none) x where the token travels (Authorization header, ``token`` query
 parameter), on both backends. The expected answer comes from the scope table
 in docs/security.md, not from the server.
 """
@@ -62,6 +63,14 @@ def _token_states() -> dict[str, tuple[str | None, set[str], bool]]:
         states[f"minted-{scope}"] = (mint_token(SECRET, **{scope: ["m/**"]}, ttl=3600),
                                      {scope}, True)
         states[f"static-{scope}"] = (STATIC[scope], {scope}, True)
+        # The failing states for each single scope too, not only for a token of all
+        # three: an expired or forged read token is refused like any other.
+        states[f"wrong-scope-{scope}"] = (mint_token(SECRET, **{scope: ["other/**"]}),
+                                          set(), True)
+        states[f"expired-{scope}"] = (mint_token(SECRET, **{scope: ["m/**"]}, ttl=60,
+                                                 now=time.time() - 3600), set(), False)
+        states[f"forged-{scope}"] = (mint_token("another-secret-of-at-least-32-bytes!!",
+                                                **{scope: ["m/**"]}), set(), False)
     every = {s: ["m/**"] for s in all_scopes}
     states["minted-all"] = (mint_token(SECRET, **every, ttl=3600), all_scopes, True)
     states["wrong-scope"] = (mint_token(SECRET, **{s: ["other/**"] for s in all_scopes}),

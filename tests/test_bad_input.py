@@ -735,7 +735,7 @@ async def _asgi_call(app: object, method: str, path: str, headers: list[tuple[by
 
     scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
              "method": method, "scheme": "http", "path": path, "raw_path": path.encode(),
-             "query_string": b"", "root_path": "", "headers": headers,
+             "query_string": b"", "root_path": "", "headers": [(b"host", b"x"), *headers],
              "server": ("127.0.0.1", 80), "client": ("127.0.0.1", 5000)}
     await asyncio.wait_for(app(scope, receive, send), 10)  # type: ignore[operator]
     assert sent and sent[0]["type"] == "http.response.start"

@@ -11,18 +11,30 @@ docs/security.md).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import socket
+import subprocess
+import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 import httpx
 import pytest
 
-from .servers import ServerProcess, duralog_server
+from .servers import ROOT, ServerProcess, duralog_server
 
-STALL_LIMIT = float(os.environ.get("DURALOG_STALL_LIMIT_MS", "500")) / 1000
+T = TypeVar("T")
+
+#: The issue's check: a concurrent HEAD answers within 100 ms while an offender runs.
+STALL_LIMIT = float(os.environ.get("DURALOG_STALL_LIMIT_MS", "100")) / 1000
+#: This machine is shared (2 cores, other test runs): a HEAD can also wait for a
+#: core that another process holds. So a stall check takes the best of up to
+#: ATTEMPTS runs of its offender: a server that really holds its loop fails all of
+#: them, a neighbour's burst does not fail the test.
+ATTEMPTS = int(os.environ.get("DURALOG_STALL_ATTEMPTS", "3"))
 
 
 @pytest.fixture(scope="module")
@@ -74,34 +86,48 @@ def rss_kib(server: ServerProcess) -> int:
 
 
 class HeadProbe:
-    """HEADs on their own connection, back to back, while something else runs."""
+    """HEADs on their own connection, back to back, while something else runs.
+
+    The prober is a separate process (tests/head_probe.py): in a thread of the test
+    process it measured the test's own GIL holds too (building or sending a large
+    body), not only the server's."""
 
     def __init__(self, server: ServerProcess) -> None:
-        self.url = server.url + "/v1/stream/probe-target"
-        httpx.put(self.url)
+        httpx.put(server.url + "/v1/stream/probe-target")
         self.latencies: list[float] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        with httpx.Client(timeout=30) as client:
-            while not self._stop.is_set():
-                t = time.perf_counter()
-                assert client.head(self.url).status_code == 200
-                self.latencies.append(time.perf_counter() - t)
-                time.sleep(0.01)
+        self._args = [sys.executable, "-m", "tests.head_probe", "127.0.0.1", str(server.port),
+                      "/v1/stream/probe-target"]
+        self._proc: subprocess.Popen[str] | None = None
 
     def __enter__(self) -> HeadProbe:
-        self._thread.start()
+        self._proc = subprocess.Popen(self._args, cwd=ROOT, stdin=subprocess.PIPE,
+                                      stdout=subprocess.PIPE, text=True)
+        time.sleep(0.3)  # the prober is connected and probing before the offender starts
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(30)
+        assert self._proc is not None
+        out, _ = self._proc.communicate("", timeout=60)
+        assert self._proc.returncode == 0, f"HEAD prober failed: {out!r}"
+        self.latencies = json.loads(out)
 
     @property
     def worst(self) -> float:
         return max(self.latencies)
+
+
+def probed(server: ServerProcess, offend: Callable[[int], T]) -> tuple[T, float]:
+    """``offend(attempt)`` under a HeadProbe, up to ATTEMPTS times until the worst HEAD
+    is under STALL_LIMIT: the last result and the best attempt's worst HEAD (s)."""
+    best = float("inf")
+    for attempt in range(ATTEMPTS):
+        with HeadProbe(server) as probe:
+            result = offend(attempt)
+            time.sleep(0.1)
+        best = min(best, probe.worst)
+        if best < STALL_LIMIT:
+            break
+    return result, best
 
 
 def test_request_line_limit(server: ServerProcess) -> None:
@@ -154,35 +180,39 @@ def test_huge_headers_are_refused_before_buffering(server: ServerProcess) -> Non
                 pass
             answers.append(read_answer(s))
 
-    with HeadProbe(server) as probe:
+    def attempt(_: int) -> list[bytes]:
+        answers.clear()
         threads = [threading.Thread(target=offend, args=(16 << 20, True))]
         threads += [threading.Thread(target=offend, args=(32 << 20, False)) for _ in range(4)]
         for t in threads:
             t.start()
         for t in threads:
             t.join(60)
-    assert len(answers) == 5
-    assert all(a.startswith(b"HTTP/1.1 431") for a in answers), [a[:40] for a in answers]
+        return list(answers)
+
+    got, worst = probed(server, attempt)
+    assert len(got) == 5
+    assert all(a.startswith(b"HTTP/1.1 431") for a in got), [a[:40] for a in got]
     grown = rss_kib(server) - before
     assert grown < 20 << 10, f"RSS grew by {grown} KiB"
-    assert probe.latencies and probe.worst < STALL_LIMIT, probe.worst
+    assert worst < STALL_LIMIT, worst
 
 
 def test_many_headers_do_not_stall(server: ServerProcess) -> None:
     """The issue's 8,000-15,000 repeated 1 KB headers: refused at field 101, no stall."""
-    payload = b"GET / HTTP/1.1\r\nHost: x\r\n" + b"X-Rep: " + b"v" * 1000 + b"\r\n"
-    with HeadProbe(server) as probe:
+    def offend(attempt: int) -> bytes:
         with connect(server) as s:
             try:
-                s.sendall(payload.split(b"X-Rep")[0])
+                s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n")
                 for _ in range(15_000):
                     s.sendall(b"X-Rep: " + b"v" * 1000 + b"\r\n")
             except (BrokenPipeError, ConnectionResetError):
                 pass
-            answer = read_answer(s)
-        time.sleep(0.1)
+            return read_answer(s)
+
+    answer, worst = probed(server, offend)
     assert answer.startswith(b"HTTP/1.1 431")
-    assert probe.worst < STALL_LIMIT, probe.worst
+    assert worst < STALL_LIMIT, worst
 
 
 def _closed_within(s: socket.socket, seconds: float) -> tuple[bool, bytes]:

@@ -9,22 +9,21 @@ because SSE readers strip exactly one, so the payload arrives intact.
 
 from __future__ import annotations
 
-import re
-
 import orjson
-
-_LINE_BREAK = re.compile(r"\r\n|\r|\n")
 
 
 def event(name: str, payload: str) -> bytes:
     # Whole-string operations only (C speed): a 1 MiB chunk of empty lines built line
-    # by line in Python held the event loop for a quarter of a second (issue 9).
-    text = _LINE_BREAK.sub("\n", payload) if "\r" in payload else payload
+    # by line in Python held the event loop for a quarter of a second (issue 9). The
+    # CRLF/CR normalisation is two replaces, not a regular expression (one match
+    # per line break in Python's regex engine was 10x slower).
+    text = payload.replace("\r\n", "\n").replace("\r", "\n") if "\r" in payload else payload
     if " " in text:
         text = text.replace("\n ", "\n  ")
         if text.startswith(" "):
             text = " " + text
-    return f"event: {name}\ndata:{text.replace(chr(10), chr(10) + 'data:')}\n\n".encode()
+    return (b"event: " + name.encode() + b"\ndata:"
+            + text.encode().replace(b"\n", b"\ndata:") + b"\n\n")
 
 
 def data_event(payload: str) -> bytes:

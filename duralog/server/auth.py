@@ -30,6 +30,7 @@ import orjson
 from ..auth import AuthConfig, Principal, RateLimiter, TokenError
 from ..protocol.errors import ProtocolError
 from ..protocol.paths import source_stream_name, stream_name
+from .http import PRIVATE_SCOPE_KEY
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -94,7 +95,7 @@ class SecurityLayer:
         origin: bytes | None = None
         try:
             host, origin, authorization, forked_from = self._scan_headers(scope)
-            self._check_host(host)
+            self._check_host(host, scope.get("http_version", "1.1"))
             method: str = scope["method"]
             if method == "OPTIONS" and origin is not None and self._governs(scope):
                 await self._preflight(scope, origin, send)
@@ -119,12 +120,27 @@ class SecurityLayer:
             scope["headers"] = [(k, v) for k, v in scope["headers"]
                                 if k.lower() not in (b"accept-encoding", b"if-none-match")]
             send = _RegistryFilter(send, registry_filter).send
-        if private or not self.any_origin or (origin is not None and origin.lower()
-                                              in self.origins):
-            send = _HeaderRewriter(send, private, self._cors_headers(origin)).send
+        cors = not self.any_origin or (origin is not None and origin.lower() in self.origins)
+        if private:
+            if not cors and self._stream_root(scope):
+                # The stream handler makes its own caching private on this flag
+                # (streams.py): no per-message rewriting of the answer's headers, which
+                # cost a third of what auth adds per request (issue 9: at most 5%).
+                scope[PRIVATE_SCOPE_KEY] = True
+            else:
+                send = _HeaderRewriter(send, True, self._cors_headers(origin)).send
+        elif cors:
+            send = _HeaderRewriter(send, False, self._cors_headers(origin)).send
         await self.app(scope, receive, send)
 
     # -- checks ---------------------------------------------------------------------
+    def _stream_root(self, scope: Scope) -> bool:
+        raw: bytes = scope.get("raw_path") or scope["path"].encode()
+        root = scope.get("root_path", "").encode()
+        if root and raw.startswith(root):
+            raw = raw[len(root):]
+        return raw.startswith(self.prefix)
+
     def _governs(self, scope: Scope) -> bool:
         """Paths this layer's CORS and access rules cover: the stream root and /metrics.
         Other mounts (the proxy, the console) answer their own preflights."""
@@ -151,14 +167,22 @@ class SecurityLayer:
                 authorization = value
             elif k == b"stream-forked-from":
                 forked_from = value
-        # RFC 9112 3.2 (exactly one Host on HTTP/1.1) is enforced by the HTTP layer
-        # (server/limits.py); in-process ASGI callers may leave Host out.
         if len(hosts) > 1:
             raise _Refusal(400, "a request needs exactly one Host header")
         return hosts, origin, authorization, forked_from
 
-    def _check_host(self, hosts: list[bytes]) -> None:
-        if self.any_host or not hosts:
+    def _check_host(self, hosts: list[bytes], http_version: str) -> None:
+        """RFC 9112 3.2 and ``--allowed-hosts``, here and not only in server/limits.py:
+        embedded in another ASGI server (uvicorn passes a request without Host on), the
+        rule still holds. Without Host: 400 on HTTP/1.1, which requires it; HTTP/1.0
+        and HTTP/2 (``:authority``, RFC 9113 8.3.1, which servers need not turn into
+        Host) pass only while every host is allowed: a list can't be checked against
+        nothing."""
+        if not hosts:
+            if http_version == "1.1" or not self.any_host:
+                raise _Refusal(400, "a request needs exactly one Host header")
+            return
+        if self.any_host:
             return
         host = hosts[0].lower()
         if host in self.hosts:
@@ -438,11 +462,13 @@ class _RegistryFilter:
         await self._send({"type": "http.response.body", "body": body})
 
 
-def secure(app: ASGIApp, config: Any) -> SecurityLayer:
-    """Wrap ``app`` in the security layer configured by a ``Config`` (loads the auth file)."""
+def secure(app: ASGIApp, config: Any, auth: AuthConfig | None = None) -> SecurityLayer:
+    """Wrap ``app`` in the security layer configured by a ``Config`` (loads the auth file
+    unless the caller passes it, already loaded, as ``auth``)."""
     from ..auth import load_auth
 
-    auth = load_auth(config.auth) if config.auth else None
+    if auth is None and config.auth:
+        auth = load_auth(config.auth)
     return SecurityLayer(app, stream_prefix=config.stream_prefix, auth=auth,
                          cors_origins=split_list(config.cors_origins) or ["*"],
                          allowed_hosts=split_list(config.allowed_hosts) or ["*"])

@@ -430,6 +430,10 @@ class PostgresStore(PgReads, PgWriter, Store):
         """A role only one node of the cluster holds at a time (subscriptions)."""
         return Role(self.dsn, name, url, self._connect_kwargs)
 
+    async def try_lead(self, role: Role) -> bool:
+        """Take ``role`` if no node holds it; True while this node holds it."""
+        return await role.try_lead(self._pool)
+
     async def leader_url(self, role: Role) -> str | None:
         if self._pool is None:
             return None

@@ -33,22 +33,30 @@ MORE = 2
 
 #: Rows per multi-row INSERT, at most (18 columns x 512 stays under SQLite's 32766 variables).
 _MAX_ROWS_PER_INSERT = 512
+#: Most blob bytes bound in one statement. The sqlite3 module copies bound blobs
+#: while it holds the GIL: one INSERT of a 64 MiB append's 256 pieces held every
+#: other thread, the event loop included, for 40 ms (issue 9: a 50 ms budget).
+_MAX_BYTES_PER_INSERT = 4 << 20
 _SQL_CACHE: dict[tuple[str, int], str] = {}
 
 
 def insert_rows(con: sqlite3.Connection, head: str, width: int,
-                rows: list[tuple[Any, ...]]) -> None:
+                rows: list[tuple[Any, ...]], blob: int | None = None) -> None:
     """Insert rows with as few statements as possible.
 
     ``executemany`` steps once per row, and the sqlite3 module releases the GIL
     around every step; each release lets the busy event loop take the GIL, and
     the writer then waits a switch interval to get it back. One multi-row
     INSERT per power of two keeps that to about log2(rows) waits per batch,
-    while the statements stay few enough to be cached.
+    while the statements stay few enough to be cached. ``blob``: the index of a
+    bytes column whose total per statement is kept to ``_MAX_BYTES_PER_INSERT``.
     """
     i, n = 0, len(rows)
     while i < n:
         k = min(_MAX_ROWS_PER_INSERT, 1 << ((n - i).bit_length() - 1))
+        if blob is not None:
+            while k > 1 and sum(len(r[blob]) for r in rows[i:i + k]) > _MAX_BYTES_PER_INSERT:
+                k >>= 1
         sql = _SQL_CACHE.get((head, k))
         if sql is None:
             group = f"({', '.join('?' * width)})"
