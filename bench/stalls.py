@@ -49,6 +49,10 @@ def main(backend: str = "memory") -> None:
         flood = b"[" + b",".join([b"{}"] * (11 << 20)) + b"]"
         measure("append 33 MiB of {} (JSON)",
                 lambda: c.post(base + "/k", headers=json, content=flood).status_code)
+        # The largest body the default --max-body-size (64 MiB) lets in.
+        flood64 = b"[" + b",".join([b"{}"] * ((64 << 20) // 3 - 1)) + b"]"
+        measure("append 64 MiB of {} (JSON, the default --max-body-size)",
+                lambda: c.post(base + "/k", headers=json, content=flood64).status_code)
         c.put(base + "/o", headers=octets)
         blob = os.urandom(64 << 20)
         measure("append 64 MiB octets",
