@@ -1,7 +1,7 @@
 // Live-read and producer load for the benchmark suite (driven by bench/clients.py).
 //   node bench/live.mjs '<json job>'
 // Jobs (all take base: "http://host:port/v1/stream", stream: "name"):
-//   {op: "latency", mode: "sse"|"long-poll", count, warmup, gap_ms, size}
+//   {op: "latency", mode: "sse"|"long-poll", count, warmup, gap_ms, size[, read_base]}
 //     one writer, one live reader: append -> delivered, one append at a time.
 //   {op: "fanout", mode, readers, appends, gap_ms, size, connect_batch, deliver_timeout_ms}
 //     N live readers on one stream; each append is timed until every reader has it.
@@ -16,6 +16,8 @@ import readline from "node:readline"
 
 const job = JSON.parse(process.argv[2])
 const streamUrl = `${job.base}/${job.stream}`
+// Readers may use another node than the writer (job.read_base: cross-node latency).
+const readUrl = `${job.read_base || job.base}/${job.stream}`
 const now = () => performance.now()
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms))
 
@@ -115,7 +117,7 @@ class Reader {
   }
 
   url() {
-    let u = `${streamUrl}?offset=${encodeURIComponent(this.offset)}&live=${this.mode}`
+    let u = `${readUrl}?offset=${encodeURIComponent(this.offset)}&live=${this.mode}`
     if (this.cursor) u += `&cursor=${encodeURIComponent(this.cursor)}`
     return u
   }

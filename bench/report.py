@@ -34,6 +34,10 @@ GOALS: list[Goal] = [
     ("proxy", "added per token p99", None, "< 10 ms", _abs(lambda v: v < 10)),
     ("proxy", "streams completed", None, "all", _abs(lambda v: v in (200, 1000))),
     ("yjs", "delivery p99", None, "< 50 ms", _abs(lambda v: v < 50)),
+    ("crossnode", "p50", None, "< 5 ms", _abs(lambda v: v < 5)),
+    ("crossnode", "p99", None, "< 25 ms", _abs(lambda v: v < 25)),
+    ("cdn", "origin GETs per append", None, "<= 3", _abs(lambda v: v <= 3)),
+    ("cdn", "errors", None, "0", _abs(lambda v: v == 0)),
 ]
 
 

@@ -102,6 +102,8 @@ def run(args: argparse.Namespace) -> int:
         cfg.wrk_duration = cfg.large_duration = args.duration
     if args.fanout_sizes:
         cfg.fanout_sizes = tuple(int(x) for x in args.fanout_sizes.split(","))
+    if args.cdn_sizes:
+        cfg.cdn_sizes = tuple(int(x) for x in args.cdn_sizes.split(","))
     names = list(SCENARIOS) if not args.only else args.only.split(",")
     for n in names:
         if n not in SCENARIOS:
@@ -139,7 +141,7 @@ def run(args: argparse.Namespace) -> int:
                 running.append(T.external(args.url, args.url_mode, args.url_pid))
             for n in target_names:
                 running.append(T.start(n, log_dir))
-            rounds = cfg.fanout_rounds if scenario == "fanout" else cfg.rounds
+            rounds = cfg.fanout_rounds if scenario in ("fanout", "cdn") else cfg.rounds
             for rnd in range(rounds):
                 order = running if rnd % 2 == 0 else list(reversed(running))
                 print(f"  round {rnd + 1}/{rounds}: {' '.join(t.name for t in order)}",
@@ -213,6 +215,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, help="rounds per scenario (default 2, quick 1)")
     p.add_argument("--duration", type=float, help="seconds per wrk measurement")
     p.add_argument("--fanout-sizes", help="comma-separated reader counts (default 1000,10000)")
+    p.add_argument("--cdn-sizes", help="comma-separated long-poll reader counts through nginx "
+                                       "(default 1000,10000)")
     p.add_argument("--charts", help="where to write PNG charts (default docs/bench for a "
                                     "full default run, else next to the results)")
     p.add_argument("--no-install", action="store_true", help="do not install missing tools")

@@ -40,6 +40,7 @@ class Config:
     fanout_appends: int = 5
     fanout_gap_ms: float = 100.0
     fanout_rounds: int = 1  # a fan-out run is long and already has N x appends deliveries
+    cdn_sizes: tuple[int, ...] = (1000, 10000)  # long-poll readers through nginx (bench/cdn.py)
     state_events: int = 1_000_000  # bench/state.py
     state_rows: int = 100_000
     subs_tenants: int = 1000  # x subs_per_tenant streams; subs_count / tenants match each
@@ -53,7 +54,7 @@ class Config:
             return cls()
         return cls(quick=True, rounds=1, wrk_duration=2.0, large_duration=2.0,
                    catchup_mib=64, catchup_reads=2, latency_count=300,
-                   fanout_sizes=(1000,), fanout_appends=3, state_events=200_000,
+                   fanout_sizes=(1000,), cdn_sizes=(1000,), fanout_appends=3, state_events=200_000,
                    state_rows=20_000, subs_tenants=100, subs_per_tenant=100, subs_count=1000,
                    subs_appends=300)
 
@@ -445,3 +446,9 @@ def _yjs(t: Target, cfg: Config, rnd: int) -> list[Sample]:
 
 
 SCENARIOS["yjs"] = _yjs
+
+# Past one node: cross-node latency and fan-out through the nginx edge.
+from .cluster import cdn, crossnode  # noqa: E402
+
+SCENARIOS["crossnode"] = crossnode
+SCENARIOS["cdn"] = cdn

@@ -37,6 +37,8 @@ class TargetSpec:
     server: str  # "uvicorn" | "granian" | "hypercorn" | "node" | "external"
     flags: tuple[str, ...] = ()  # extra `duralog serve` flags
     auth: bool = False  # run with an auth file; clients send BENCH_TOKEN
+    backend: str = ""  # "" = by mode (memory or sqlite); "postgres": bench/pgtarget.py
+    nodes: int = 1  # postgres: nodes over one database (more than one: behind nginx)
 
 
 SPECS: dict[str, TargetSpec] = {s.name: s for s in [
@@ -58,6 +60,10 @@ SPECS: dict[str, TargetSpec] = {s.name: s for s in [
                ("--no-access-log", "--no-metrics")),
     TargetSpec("duralog-memory+auth", "duralog", "memory", "uvicorn", auth=True),
     TargetSpec("duralog-sqlite+auth", "duralog", "durable", "uvicorn", auth=True),
+    # One node, and two nodes behind a round-robin nginx, over one PostgreSQL.
+    TargetSpec("duralog-postgres", "duralog", "durable", "uvicorn", backend="postgres"),
+    TargetSpec("duralog-postgres-2", "duralog", "durable", "uvicorn", backend="postgres",
+               nodes=2),
 ]}
 # The bearer token every bench client sends when an auth target is in the run; the
 # +auth targets accept it with every scope (docs/security.md).
@@ -144,6 +150,10 @@ class Target:
     pid: int | None = None
     cache: dict[str, Any] = field(default_factory=dict)  # per-target state of scenarios
     long_poll_timeout: float = 30.0
+    nodes: list[str] = field(default_factory=list)  # several nodes: each one's URL
+    others: list[subprocess.Popen[bytes]] = field(default_factory=list)  # more processes
+    cleanup: list[Any] = field(default_factory=list)  # callables run by stop()
+    extra_pids: list[int] = field(default_factory=list)  # also serving (a database, ...)
 
     @property
     def name(self) -> str:
@@ -157,7 +167,7 @@ class Target:
     def pids(self) -> list[int]:
         if self.pid is None:
             return []
-        return process_tree(self.pid)
+        return [p for root in (self.pid, *self.extra_pids) for p in process_tree(root)]
 
     def rss(self) -> int | None:
         return rss_bytes(self.pids()) if self.pid is not None else None
@@ -174,12 +184,23 @@ class Target:
         fresh = start(self.spec.name, Path(self.log_path).parent, self.long_poll_timeout)
         self.url, self.proc, self.data_dir, self.pid = fresh.url, fresh.proc, fresh.data_dir, \
             fresh.pid
+        self.nodes, self.others, self.cleanup, self.extra_pids = \
+            fresh.nodes, fresh.others, fresh.cleanup, fresh.extra_pids
         self.cache.clear()
 
     def alive(self) -> bool:
         return self.proc is None or self.proc.poll() is None
 
     def stop(self) -> None:
+        for proc in self.others:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+        self.others = []
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
@@ -189,6 +210,9 @@ class Target:
                 self.proc.wait()
         if self.data_dir:
             shutil.rmtree(self.data_dir, ignore_errors=True)
+        for fn in self.cleanup:
+            fn()
+        self.cleanup = []
 
 
 def _wait_ready(url: str, proc: subprocess.Popen[bytes] | None, timeout: float) -> None:
@@ -222,6 +246,9 @@ def spec_for(name: str) -> TargetSpec:
 def start(name: str, log_dir: Path, long_poll_timeout: float = 30.0,
           extra_env: dict[str, str] | None = None) -> Target:
     spec = spec_for(name)
+    if spec.backend == "postgres":
+        from . import pgtarget
+        return pgtarget.start(spec, name, log_dir, long_poll_timeout)
     tree = Path(name.partition("@")[2] or ROOT).resolve()
     port = free_port()
     data_dir = (tempfile.mkdtemp(prefix=f"bench-{name.partition('@')[0]}-")

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from .pg import PgServer, unique_name
 from .servers import ROOT, ServerProcess, duralog_server, reference_server
 
 
@@ -53,3 +54,23 @@ def ref_server(node_available: None) -> Iterator[ServerProcess]:
 @pytest.fixture
 def data_dir(tmp_path: Path) -> Path:
     return tmp_path / "data"
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PgServer]:
+    """A real PostgreSQL (Debian's binaries) for the session, in a temporary directory
+    (tests/pg.py). Missing PostgreSQL fails the tests that use it; nothing is skipped."""
+    with PgServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def pg_url(pg_server: PgServer) -> str:
+    """The URL of the session's PostgreSQL (its default database)."""
+    return pg_server.dsn
+
+
+@pytest.fixture
+def pg_db(pg_server: PgServer) -> str:
+    """The URL of a new, empty database of the session's PostgreSQL, for one test."""
+    return pg_server.create_database(unique_name())

@@ -15,12 +15,14 @@ ALLOW = "http://127.0.0.1:*/**,http://local*:*/**"
 
 def proxy_server(backend: str = "memory", data_dir: Path | str = "/nonexistent",
                  log_path: Path | None = None, port: int | None = None,
+                 secret: str | None = SECRET, extra_args: tuple[str, ...] = (),
                  **env: str) -> ServerProcess:
     """``duralog serve --proxy`` in a subprocess (short timeouts from the environment)."""
     port = port or free_port()
     args = [sys.executable, "-m", "duralog", "serve", "--port", str(port), "--backend", backend,
-            "--data-dir", str(data_dir), "--proxy", "--proxy-allow", ALLOW,
-            "--proxy-secret", SECRET]
+            "--data-dir", str(data_dir), "--proxy", "--proxy-allow", ALLOW, *extra_args]
+    if secret is not None:
+        args += ["--proxy-secret", secret]
     # Short enough for the timeout tests, long enough for 100 creates on a busy machine.
     base = {"DURALOG_PROXY_HEADER_TIMEOUT": "5", "DURALOG_PROXY_BODY_TIMEOUT": "3"}
     return ServerProcess(args, port, env={**base, **env}, log_path=log_path)

@@ -49,10 +49,14 @@ def failures(result: dict) -> list[str]:
 
 
 @pytest.mark.timeout(1200)
-@pytest.mark.parametrize("backend", ["memory", "sqlite"])
-def test_official_conformance_suite(backend: str, tmp_path: Path, node_available: None) -> None:
-    server = duralog_server(backend, data_dir=tmp_path / "data",
-                            extra=["--long-poll-timeout", "3"],
+@pytest.mark.parametrize("backend", ["memory", "sqlite", "postgres"])
+def test_official_conformance_suite(backend: str, tmp_path: Path, node_available: None,
+                                    request: pytest.FixtureRequest) -> None:
+    extra = ["--long-poll-timeout", "3"]
+    if backend == "postgres":
+        # A real PostgreSQL (tests/pg.py), a database of its own.
+        extra += ["--database-url", request.getfixturevalue("pg_db")]
+    server = duralog_server(backend, data_dir=tmp_path / "data", extra=extra,
                             log_path=tmp_path / "server.log").start()
     try:
         result = run_conformance(server.url, tmp_path / "report.json")

@@ -106,6 +106,82 @@ def test_drops_are_resumed_without_loss_or_repeat(proxy, upstream):
     assert requests_made(upstream, "drops") == 1
 
 
+class AsyncFlakyTransport(httpx.AsyncHTTPTransport):
+    """FlakyTransport's asyncio twin; ``every=1`` drops every read."""
+
+    def __init__(self, every: int = 3) -> None:
+        super().__init__()
+        self.every = every
+        self.calls = 0
+        self.dropped = 0
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if request.method == "GET":
+            self.calls += 1
+            if self.calls % self.every == 0:
+                self.dropped += 1
+                raise httpx.ReadError("connection dropped", request=request)
+        return await super().handle_async_request(request)
+
+
+def test_async_drops_are_resumed_without_loss_or_repeat(proxy, upstream):
+    async def main() -> bytes:
+        transport = AsyncFlakyTransport()
+        client = httpx.AsyncClient(transport=transport, timeout=30)
+        async with AsyncDurableFetch(P(proxy), secret=SECRET, client=client,
+                                     backoff=0.01) as fetcher:
+            r = await fetcher.fetch(upstream.url + "/text?n=400&delay=3&id=adrops",
+                                    method="GET")
+            body = await r.read()
+        assert transport.dropped >= 3
+        return body
+
+    assert asyncio.run(main()) == text_bytes(400)
+    assert requests_made(upstream, "adrops") == 1
+
+
+def test_both_twins_give_up_after_the_retries_with_the_transport_error(proxy, upstream):
+    """Reads that always drop: retried ``retries`` times, then the error itself."""
+
+    class AlwaysDrops(httpx.HTTPTransport):
+        calls = 0
+
+        def handle_request(self, request: httpx.Request) -> httpx.Response:
+            if request.method == "GET":
+                AlwaysDrops.calls += 1
+                raise httpx.ReadError("connection dropped", request=request)
+            return super().handle_request(request)
+
+    with DurableFetch(P(proxy), secret=SECRET, retries=3, backoff=0.001,
+                      client=httpx.Client(transport=AlwaysDrops(), timeout=30)) as fetcher:
+        r = fetcher.fetch(upstream.url + "/text?n=3", method="GET")
+        with pytest.raises(httpx.ReadError):
+            r.read()
+    assert AlwaysDrops.calls == 4  # the first try and three retries
+
+    async def main() -> int:
+        transport = AsyncFlakyTransport(every=1)
+        async with AsyncDurableFetch(P(proxy), secret=SECRET, retries=3, backoff=0.001,
+                                     client=httpx.AsyncClient(transport=transport,
+                                                              timeout=30)) as fetcher:
+            r = await fetcher.fetch(upstream.url + "/text?n=3", method="GET")
+            with pytest.raises(httpx.ReadError):
+                await r.read()
+        return transport.calls
+
+    assert asyncio.run(main()) == 4
+
+
+def test_refusals_are_not_retried(proxy, upstream):
+    """A 4xx on a read (here a pre-signed URL with a forged signature) raises at once."""
+    with DurableFetch(P(proxy), secret=SECRET) as fetcher:
+        r = fetcher.fetch(upstream.url + "/text?n=3", method="GET")
+        r.stream_url = r.stream_url.replace("signature=", "signature=x")
+        with pytest.raises(FetchError) as err:
+            r.read()
+    assert err.value.status == 401 and err.value.code == "SIGNATURE_INVALID"
+
+
 @pytest.mark.parametrize("kind", ["sqlite", "file"])
 def test_process_restart_resumes_from_the_saved_offset(kind, proxy, upstream, tmp_path):
     """A consumer dies mid-body; a new process resumes: every byte once, one model call."""

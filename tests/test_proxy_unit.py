@@ -188,24 +188,29 @@ def test_expired_proxy_streams_are_forgotten() -> None:
 
 
 def test_service_auth_hook_accepts_other_credentials() -> None:
-    """The hook the security layer's scoped tokens plug into (9.1): it decides first;
-    None leaves the shared secret to decide."""
+    """The hook the security layer's scoped tokens plug into (9.1): the shared secret
+    is tried first, then the hook, which is told the scope and the stream path the
+    operation needs; it accepts (True), refuses (raises) or does not apply (None)."""
     import logging
     from types import SimpleNamespace
 
     import httpx
 
+    from duralog.proxy.errors import ProxyError
     from duralog.proxy.server import ProxyApp
     from duralog.server.config import Config
 
     from .servers import ThreadedServer
 
-    def scoped(req):
+    asked: list[tuple[str, str]] = []
+
+    def scoped(req, scope, path):
+        asked.append((scope, path))
         token = req.header("authorization")
         if token == "Bearer scoped-ok":
             return True
-        if token == "Bearer scoped-bad":
-            return False
+        if token in ("Bearer scoped-bad", "Bearer other"):
+            raise ProxyError(401, "INVALID_SECRET", "unknown token")
         return None
 
     store = MemoryStore()
@@ -218,17 +223,28 @@ def test_service_auth_hook_accepts_other_credentials() -> None:
             await store.start()
         await app(scope, receive, send)
 
-    def post(auth: str) -> httpx.Response:
-        return httpx.post(server.url, headers={"Authorization": auth,
-                                               "Upstream-URL": "https://x.test/",
-                                               "Upstream-Method": "GET"})
+    def post(auth: str | None) -> httpx.Response:
+        headers = {"Upstream-URL": "https://x.test/", "Upstream-Method": "GET"}
+        if auth is not None:
+            headers["Authorization"] = auth
+        return httpx.post(server.url, headers=headers)
 
     with ThreadedServer(lifespan_app) as server:
         # Authorized (by the hook or the secret): the request goes on to the allowlist.
         assert post("Bearer scoped-ok").json()["error"]["code"] == "UPSTREAM_NOT_ALLOWED"
+        scope, path = asked[-1]
+        assert scope == "write" and path.startswith("__ds/proxy/s/")  # create = write
+        before = len(asked)
         assert post("Bearer shh").json()["error"]["code"] == "UPSTREAM_NOT_ALLOWED"
+        assert len(asked) == before  # the secret decided; the hook was not asked
         assert post("Bearer scoped-bad").json()["error"]["code"] == "INVALID_SECRET"
         assert post("Bearer other").json()["error"]["code"] == "INVALID_SECRET"
+        assert post(None).json()["error"]["code"] == "MISSING_SECRET"
+        # HEAD needs read, DELETE admin, on the stream's own path.
+        httpx.delete(server.url + "/abc", headers={"Authorization": "Bearer scoped-ok"})
+        assert asked[-1] == ("admin", "__ds/proxy/s/abc")
+        httpx.head(server.url + "/abc", headers={"Authorization": "Bearer scoped-ok"})
+        assert asked[-1] == ("read", "__ds/proxy/s/abc")
 
 
 def test_connections_are_checked_on_the_address_they_open() -> None:

@@ -590,3 +590,71 @@ def test_reading_a_large_stream_keeps_server_memory_bounded(tmp_path: Path) -> N
     result = run_rss_check(size, tmp_path / "data")
     print(f"\nrss check: {result}")
     assert result["peak_rss_during_read_mib"] < 200
+
+
+# ---------------------------------------------------------------------------
+# Unsynced appends (the proxy's body batches, docs/proxy.md)
+
+
+def test_unsynced_appends_commit_without_fsync_and_survive_a_reopen(tmp_path: Path) -> None:
+    """AppendRequest(sync=False): a batch of only such appends commits with
+    synchronous=NORMAL (no fsync), any other batch with FULL, and the connection is
+    FULL again after; the bytes are readable at once and still there after a restart."""
+
+    async def run() -> None:
+        store = SQLiteStore(tmp_path / "data")
+        await store.start()
+        statements: list[str] = []
+        assert store._con is not None
+        store._con.set_trace_callback(statements.append)
+        try:
+            await store.create("p", CreateRequest(content_type="text/plain"), None)
+            statements.clear()
+            await store.append("p", AppendRequest(payload=b"tok1 ", sync=False))
+            assert statements[0] == "PRAGMA synchronous=NORMAL"
+            assert statements[-1] == "PRAGMA synchronous=FULL"
+            assert "COMMIT" in statements
+            state = store.get("p")
+            assert state is not None
+            assert b"".join((await store.read(state, 0, 1 << 20)).parts) == b"tok1 "
+            statements.clear()
+            await store.append("p", AppendRequest(payload=b"tok2 "))  # synced, the default
+            assert not any(s.startswith("PRAGMA synchronous") for s in statements)
+            # A batch mixing both kinds commits synced. The writer is held inside a
+            # first append's transaction while the two are queued, so they form one batch.
+            held, release = threading.Event(), threading.Event()
+
+            def trace(statement: str) -> None:
+                statements.append(statement)
+                if statement == "BEGIN IMMEDIATE" and not held.is_set():
+                    held.set()
+                    release.wait(10)
+
+            store._con.set_trace_callback(trace)
+            statements.clear()
+            first = asyncio.ensure_future(store.append("p", AppendRequest(payload=b"x ")))
+            assert await asyncio.to_thread(held.wait, 10)
+            both = asyncio.gather(store.append("p", AppendRequest(payload=b"a ", sync=False)),
+                                  store.append("p", AppendRequest(payload=b"b ")))
+            await asyncio.sleep(0.05)  # both are on the writer's queue
+            release.set()
+            await first
+            await both
+            assert statements.count("COMMIT") == 2  # x's batch, then one for a and b
+            assert "PRAGMA synchronous=NORMAL" not in statements
+            store._con.set_trace_callback(None)
+            level = store._con.execute("PRAGMA synchronous").fetchone()[0]
+            assert level == 2  # FULL
+        finally:
+            await store.stop()
+        again = SQLiteStore(tmp_path / "data")
+        await again.start()
+        try:
+            state = again.get("p")
+            assert state is not None
+            body = b"".join((await again.read(state, 0, 1 << 20)).parts)
+            assert body.startswith(b"tok1 tok2 x ") and sorted(body[12:].split()) == [b"a", b"b"]
+        finally:
+            await again.stop()
+
+    asyncio.run(run())

@@ -46,8 +46,19 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--host", help="address to listen on (default 127.0.0.1; DURALOG_HOST)")
     p.add_argument("--port", type=int, help="port, 0 for any free one (default 4437; "
                                             "DURALOG_PORT)")
-    p.add_argument("--backend", choices=["memory", "sqlite"],
-                   help="storage: sqlite (durable, the default) or memory (DURALOG_BACKEND)")
+    p.add_argument("--backend", choices=["memory", "sqlite", "postgres"],
+                   help="storage: sqlite (durable, the default), memory, or postgres (many "
+                        "nodes over one database; DURALOG_BACKEND)")
+    p.add_argument("--database-url", metavar="URL",
+                   help="--backend postgres: the database, postgresql://user:pass@host:5432/db "
+                        "(DURALOG_DATABASE_URL)")
+    p.add_argument("--pg-pool-size", type=int, metavar="N",
+                   help="--backend postgres: most database connections this node opens for "
+                        "requests, plus one for LISTEN (default 10; DURALOG_PG_POOL_SIZE)")
+    p.add_argument("--advertise-url", metavar="URL",
+                   help="--backend postgres: how the other nodes reach this one, to forward "
+                        "subscription requests to the node that runs them (default "
+                        "http://HOST:PORT; DURALOG_ADVERTISE_URL)")
     p.add_argument("--data-dir", help="where the durable backend keeps its files; one "
                                       "server per directory (default ./duralog-data; "
                                       "DURALOG_DATA_DIR)")
@@ -144,6 +155,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         config = Config.from_env(
             host=args.host, port=args.port, backend=args.backend, data_dir=args.data_dir,
+            database_url=args.database_url, pg_pool_size=args.pg_pool_size,
+            advertise_url=args.advertise_url,
             long_poll_timeout=args.long_poll_timeout, chunk_size=args.chunk_size,
             max_body_size=args.max_body_size, access_log=args.access_log,
             metrics=args.metrics, log_format=args.log_format,
@@ -204,7 +217,8 @@ async def _serve(config: Config, level: str, max_connections: int) -> int:
         await app.shutdown()
         return 1
     host, port = sock.getsockname()[:2]
-    where = os.path.abspath(config.data_dir) if config.backend == "sqlite" else "memory"
+    where = (os.path.abspath(config.data_dir) if config.backend == "sqlite"
+             else _redact(config.database_url) if config.backend == "postgres" else "memory")
     url = f"http://{_url_host(host)}:{port}{config.stream_prefix}"
     banner = f"serving Durable Streams on {url} ({config.backend}: {where})"
     if config.log_format == "json":  # one JSON object per line, the banner too
@@ -296,7 +310,20 @@ def _startup_error(config: Config, exc: BaseException) -> str:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     if config.backend == "sqlite":
         return f"--data-dir {config.data_dir}: {reason}"
+    if config.backend == "postgres":
+        return f"--database-url {_redact(config.database_url)}: {reason}"
     return f"cannot start: {reason}"
+
+
+def _redact(url: str) -> str:
+    """A database URL without its password, for banners and error lines."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def _proxy_settings(args: argparse.Namespace) -> None:

@@ -141,6 +141,15 @@ class AppendRequest:
     stream_seq: str | None = None
     producer: Producer | None = None
     close: bool = False
+    # False: the store may make the bytes readable once written but before they are
+    # flushed to stable storage (sqlite: a commit without fsync, which survives the
+    # process being killed but not a power cut). Only the server's own writes use it
+    # (the proxy's body batches, docs/proxy.md); client appends are always synced.
+    sync: bool = True
+    #: The stream the caller prepared this append for (its id), or None. A backend
+    #: whose view may lag the database (postgres, several nodes) refuses with
+    #: store.base.StaleState when the path now names another stream.
+    stream_id: int | None = None
 
 
 @dataclass(slots=True)

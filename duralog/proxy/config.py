@@ -26,6 +26,10 @@ class ProxyConfig:
     body_timeout: float = 600.0  # 8.1: inactivity between body chunks
     batch_bytes: int = 4096  # 8.2: most bytes gathered into one append
     batch_linger: float = 0.0  # 8.2: extra wait for more bytes (seconds, at most 0.05)
+    # fsync each body batch before readers see it (sqlite). Off: batches are readable
+    # once written (they survive a crash of the server, not a power cut) and the
+    # closing append, synced, makes the whole body durable (docs/proxy.md).
+    sync_batches: bool = False
     error_body_limit: int = 64 << 10  # 12.3: upstream error bodies are cut here
     max_request_body: int = 16 << 20  # request bodies forwarded upstream
     allow_private: bool = False  # 12.1: private addresses only when a pattern names them
@@ -46,6 +50,8 @@ class ProxyConfig:
             config.allow = split_allow(env["DURALOG_PROXY_ALLOW"])
         config.secret = env.get("DURALOG_PROXY_SECRET") or None
         config.signing_key = env.get("DURALOG_PROXY_SIGNING_KEY") or None
+        if env.get("DURALOG_PROXY_SYNC_BATCHES", "").lower() in ("1", "true", "yes", "on"):
+            config.sync_batches = True
         for name, conv in (("header_timeout", float), ("body_timeout", float),
                            ("url_ttl", int), ("batch_bytes", int), ("batch_linger", float)):
             raw = env.get(f"DURALOG_PROXY_{name.upper()}")

@@ -9,14 +9,16 @@ network drop the reader retries from that offset; after a process restart,
 ``fetch`` with the same ``key`` (or ``resume(key)``) continues from it instead
 of calling the upstream again. (The TypeScript durable fetch re-reads from
 the start; a resumed read here repeats nothing the caller already handled.)
-``AsyncDurableFetch`` is the asyncio twin.
+``AsyncDurableFetch`` is the asyncio twin; the twins only do the I/O, over one
+sans-IO core (``_Core`` and ``_ResponseBase._steps``, as duralog.client does).
 """
 
 from __future__ import annotations
 
 import asyncio
+import codecs
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Generator, Iterator
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -66,6 +68,10 @@ def _expires(url: str) -> int | None:
     return int(values[0]) if values and values[0].isdigit() else None
 
 
+# What the read loop asks its driver for (see _ResponseBase._steps).
+_GET, _SLEEP, _CHUNK = "get", "sleep", "chunk"
+
+
 class _Core:
     """What the twins share: the create request, the record, and read bookkeeping."""
 
@@ -79,13 +85,28 @@ class _Core:
         self.live = live
 
     def create_request(self, url: str, method: str, headers: dict[str, str] | None,
-                       upstream_authorization: str | None) -> dict[str, Any]:
+                       upstream_authorization: str | None, content: bytes | str | None,
+                       json: Any) -> dict[str, Any]:
+        """The keyword arguments of the create POST (4.1)."""
         h = {"Upstream-URL": url, "Upstream-Method": method.upper(), **(headers or {})}
         if upstream_authorization:
             h["Upstream-Authorization"] = upstream_authorization
         if self.secret:
             h["Authorization"] = f"Bearer {self.secret}"
-        return {"url": self.proxy_url, "headers": h}
+        if json is not None:
+            content = orjson.dumps(json)
+            h.setdefault("Content-Type", "application/json")
+        return {"url": self.proxy_url, "headers": h, "content": content}
+
+    def created(self, r: httpx.Response, key: str | None) -> tuple[str, dict[str, Any]]:
+        """The key and the saved record of a create's answer (FetchError unless 201)."""
+        if r.status_code != 201:
+            raise _error(r)
+        record = {"url": r.headers["location"], "offset": START,
+                  "content_type": r.headers.get("upstream-content-type")}
+        key = key or r.headers["location"]
+        self.storage.save(key, record)
+        return key, record
 
     def stored(self, key: str) -> dict[str, Any] | None:
         record = self.storage.load(key)
@@ -99,6 +120,15 @@ class _Core:
 
     def wait(self, attempt: int) -> float:
         return min(5.0, self.backoff * (2 ** attempt))
+
+
+def _aborted(r: httpx.Response) -> None:
+    if r.status_code != 204:
+        raise _error(r)
+
+
+def _decoder() -> codecs.IncrementalDecoder:
+    return codecs.getincrementaldecoder("utf-8")(errors="replace")
 
 
 class _ResponseBase:
@@ -125,6 +155,34 @@ class _ResponseBase:
     def _params(self) -> httpx.URL:
         return _with(self.stream_url, offset=self.offset, live=self._core.live)
 
+    def _abort_url(self) -> httpx.URL:
+        return _with(self.stream_url, action="abort")  # 4.3
+
+    def _steps(self) -> Generator[tuple[str, Any], Any, None]:
+        """The read loop, without I/O (the twins drive it): yields ``(_GET, url)`` and is
+        sent the response or the transport error, ``(_SLEEP, seconds)`` before a retry,
+        ``(_CHUNK, bytes)`` for the caller. A chunk's offset is saved once the driver
+        asks for the step after it (at-least-once across a crash mid-chunk)."""
+        attempt = 0
+        while self.outcome is None:
+            r = yield _GET, self._params()
+            if isinstance(r, Exception) or r.status_code >= 500 or r.status_code == 429:
+                if attempt >= self._core.retries:
+                    raise r if isinstance(r, Exception) else _error(r)
+                yield _SLEEP, self._core.wait(attempt)
+                attempt += 1
+                continue
+            if r.status_code not in (200, 204):
+                raise _error(r)
+            attempt = 0
+            next_offset = r.headers["stream-next-offset"]
+            if r.status_code == 200 and r.content:
+                yield _CHUNK, r.content
+            self.offset = next_offset
+            if r.headers.get("stream-closed") == "true":
+                self.outcome = r.headers.get("proxy-outcome", "complete")
+            self._save()
+
 
 class DurableResponse(_ResponseBase):
     """The upstream body, read from the proxy stream with resume."""
@@ -136,45 +194,26 @@ class DurableResponse(_ResponseBase):
     def iter_bytes(self) -> Iterator[bytes]:
         """The body from the saved offset to its end. A chunk's offset is saved once
         the caller asks for the next one (at-least-once across a crash mid-chunk)."""
-        attempt = 0
-        while self.outcome is None:
-            try:
-                r = self._client.get(self._params())
-            except httpx.TransportError:
-                if attempt >= self._core.retries:
-                    raise
-                time.sleep(self._core.wait(attempt))
-                attempt += 1
-                continue
-            if r.status_code >= 500 or r.status_code == 429:
-                if attempt >= self._core.retries:
-                    raise _error(r)
-                time.sleep(self._core.wait(attempt))
-                attempt += 1
-                continue
-            if r.status_code not in (200, 204):
-                raise _error(r)
-            attempt = 0
-            next_offset = r.headers["stream-next-offset"]
-            if r.status_code == 200 and r.content:
-                yield r.content
-            self.offset = next_offset
-            if r.headers.get("stream-closed") == "true":
-                self.outcome = r.headers.get("proxy-outcome", "complete")
-            self._save()
+        steps = _Steps(self._steps())
+        for kind, arg in steps:
+            if kind == _GET:
+                try:
+                    steps.result = self._client.get(arg)
+                except httpx.TransportError as exc:
+                    steps.result = exc
+            elif kind == _SLEEP:
+                time.sleep(arg)
+            else:
+                yield arg
 
     __iter__ = iter_bytes
 
     def iter_text(self) -> Iterator[str]:
-        import codecs
-
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        decoder = _decoder()
         for chunk in self.iter_bytes():
-            text = decoder.decode(chunk)
-            if text:
+            if text := decoder.decode(chunk):
                 yield text
-        tail = decoder.decode(b"", final=True)
-        if tail:
+        if tail := decoder.decode(b"", final=True):
             yield tail
 
     def read(self) -> bytes:
@@ -182,9 +221,26 @@ class DurableResponse(_ResponseBase):
 
     def abort(self) -> None:
         """4.3: stop the upstream; what was written stays readable."""
-        r = self._client.patch(_with(self.stream_url, action="abort"))
-        if r.status_code != 204:
-            raise _error(r)
+        _aborted(self._client.patch(self._abort_url()))
+
+
+class _Steps:
+    """Drives a ``_steps`` generator: iterate for its steps; set ``result`` to what a
+    ``_GET`` step got (the response or the transport error) before the next one."""
+
+    def __init__(self, steps: Generator[tuple[str, Any], Any, None]) -> None:
+        self.steps = steps
+        self.result: Any = None
+
+    def __iter__(self) -> Iterator[tuple[str, Any]]:
+        try:
+            step = next(self.steps)
+            while True:
+                yield step
+                result, self.result = self.result, None
+                step = self.steps.send(result)
+        except StopIteration:
+            return
 
 
 class DurableFetch:
@@ -200,21 +256,12 @@ class DurableFetch:
               content: bytes | str | None = None, json: Any = None, key: str | None = None,
               upstream_authorization: str | None = None) -> DurableResponse:
         """Start (or, for a ``key`` seen before, resume) a proxied request."""
-        if key is not None:
-            record = self._core.stored(key)
-            if record is not None:
-                return DurableResponse(self, key, record)
-        req = self._core.create_request(url, method, headers, upstream_authorization)
-        if json is not None:
-            content = orjson.dumps(json)
-            req["headers"].setdefault("Content-Type", "application/json")
-        r = self.client.post(req["url"], headers=req["headers"], content=content)
-        if r.status_code != 201:
-            raise _error(r)
-        record = {"url": r.headers["location"], "offset": START,
-                  "content_type": r.headers.get("upstream-content-type")}
-        key = key or r.headers["location"]
-        self._core.storage.save(key, record)
+        record = self._core.stored(key) if key is not None else None
+        if record is None:
+            req = self._core.create_request(url, method, headers, upstream_authorization,
+                                            content, json)
+            key, record = self._core.created(self.client.post(**req), key)
+        assert key is not None
         return DurableResponse(self, key, record)
 
     def resume(self, key: str) -> DurableResponse | None:
@@ -240,55 +287,34 @@ class AsyncDurableResponse(_ResponseBase):
         self._client = fetcher.client
 
     async def iter_bytes(self) -> AsyncIterator[bytes]:
-        attempt = 0
-        while self.outcome is None:
-            try:
-                r = await self._client.get(self._params())
-            except httpx.TransportError:
-                if attempt >= self._core.retries:
-                    raise
-                await asyncio.sleep(self._core.wait(attempt))
-                attempt += 1
-                continue
-            if r.status_code >= 500 or r.status_code == 429:
-                if attempt >= self._core.retries:
-                    raise _error(r)
-                await asyncio.sleep(self._core.wait(attempt))
-                attempt += 1
-                continue
-            if r.status_code not in (200, 204):
-                raise _error(r)
-            attempt = 0
-            next_offset = r.headers["stream-next-offset"]
-            if r.status_code == 200 and r.content:
-                yield r.content
-            self.offset = next_offset
-            if r.headers.get("stream-closed") == "true":
-                self.outcome = r.headers.get("proxy-outcome", "complete")
-            self._save()
+        steps = _Steps(self._steps())
+        for kind, arg in steps:
+            if kind == _GET:
+                try:
+                    steps.result = await self._client.get(arg)
+                except httpx.TransportError as exc:
+                    steps.result = exc
+            elif kind == _SLEEP:
+                await asyncio.sleep(arg)
+            else:
+                yield arg
 
     def __aiter__(self) -> AsyncIterator[bytes]:
         return self.iter_bytes()
 
     async def iter_text(self) -> AsyncIterator[str]:
-        import codecs
-
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        decoder = _decoder()
         async for chunk in self.iter_bytes():
-            text = decoder.decode(chunk)
-            if text:
+            if text := decoder.decode(chunk):
                 yield text
-        tail = decoder.decode(b"", final=True)
-        if tail:
+        if tail := decoder.decode(b"", final=True):
             yield tail
 
     async def read(self) -> bytes:
         return b"".join([c async for c in self.iter_bytes()])
 
     async def abort(self) -> None:
-        r = await self._client.patch(_with(self.stream_url, action="abort"))
-        if r.status_code != 204:
-            raise _error(r)
+        _aborted(await self._client.patch(self._abort_url()))
 
 
 class AsyncDurableFetch:
@@ -304,21 +330,12 @@ class AsyncDurableFetch:
                     headers: dict[str, str] | None = None, content: bytes | str | None = None,
                     json: Any = None, key: str | None = None,
                     upstream_authorization: str | None = None) -> AsyncDurableResponse:
-        if key is not None:
-            record = self._core.stored(key)
-            if record is not None:
-                return AsyncDurableResponse(self, key, record)
-        req = self._core.create_request(url, method, headers, upstream_authorization)
-        if json is not None:
-            content = orjson.dumps(json)
-            req["headers"].setdefault("Content-Type", "application/json")
-        r = await self.client.post(req["url"], headers=req["headers"], content=content)
-        if r.status_code != 201:
-            raise _error(r)
-        record = {"url": r.headers["location"], "offset": START,
-                  "content_type": r.headers.get("upstream-content-type")}
-        key = key or r.headers["location"]
-        self._core.storage.save(key, record)
+        record = self._core.stored(key) if key is not None else None
+        if record is None:
+            req = self._core.create_request(url, method, headers, upstream_authorization,
+                                            content, json)
+            key, record = self._core.created(await self.client.post(**req), key)
+        assert key is not None
         return AsyncDurableResponse(self, key, record)
 
     async def resume(self, key: str) -> AsyncDurableResponse | None:

@@ -29,13 +29,19 @@ class DisabledProxy:
 
 
 def proxy_app(ctx: Any) -> Any:
-    """ProxyApp(ctx) when DURALOG_PROXY (or ``duralog serve --proxy``) enables it."""
+    """ProxyApp(ctx) when DURALOG_PROXY (or ``duralog serve --proxy``) enables it.
+
+    With an auth file (``--auth``, ``ctx.auth``), its scoped tokens are service
+    auth as well as the shared secret (access.py has the scope per operation)."""
     config = ProxyConfig.from_env()
     if not config.enabled:
         return DisabledProxy()
+    from .access import TokenAuth
     from .server import ProxyApp
 
-    if config.secret is None:
-        ctx.log.warning("duralog: the proxy has no service secret (--proxy-secret): anyone "
-                        "who can reach it may create proxy streams to allowed upstreams")
-    return ProxyApp(ctx, config)
+    auth = getattr(ctx, "auth", None)
+    if config.secret is None and auth is None:
+        # The log format already names the logger ("duralog: ..."): no prefix here.
+        ctx.log.warning("the proxy has no service secret (--proxy-secret) and no --auth: "
+                        "anyone who can reach it may create proxy streams to allowed upstreams")
+    return ProxyApp(ctx, config, service_auth=TokenAuth(auth) if auth is not None else None)

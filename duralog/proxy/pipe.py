@@ -99,7 +99,11 @@ class Pipe:
                     if end is None and self.config.batch_linger > 0:
                         end = await self._linger(buf)
                 if buf:
-                    await self.store.append(self.path, AppendRequest(payload=bytes(buf)))
+                    # Unsynced unless asked (config.sync_batches): a token is readable
+                    # as soon as it is written, not after an fsync; the close that ends
+                    # every pipe is a synced append, which flushes the body before it.
+                    await self.store.append(self.path, AppendRequest(
+                        payload=bytes(buf), sync=self.config.sync_batches))
                     if self.on_bytes is not None:
                         self.on_bytes(len(buf))
                     buf.clear()

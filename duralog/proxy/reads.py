@@ -20,6 +20,7 @@ from ..protocol import sse
 from ..protocol.errors import ProtocolError
 from ..protocol.offsets import NOW, START, format_offset, parse_offset
 from ..protocol.state import StreamState
+from ..server import live
 from ..server.http import DisconnectWatcher
 from .asgi import Headers, Request, Send
 from .errors import ProxyError
@@ -100,35 +101,18 @@ async def _long_poll(app: ProxyApp, req: Request, send: Send, stream_id: str,
     if pos < state.tail:
         await _catch_up(app, send, stream_id, state, pos, cursors.next_cursor(client_cursor))
         return
-    deadline = time.monotonic() + app.ctx.config.long_poll_timeout
-    watcher = DisconnectWatcher(req.receive)
-    try:
-        while not state.closed:
-            left = deadline - time.monotonic()
-            if left <= 0 or app.closing:
-                break
-            await watcher.wait(app.store.notifier.future(state.id), left)
-            if watcher.gone:
-                return
-            state = app.current(stream_id, state.id)
-            if pos < state.tail:
-                await _catch_up(app, send, stream_id, state, pos,
-                                cursors.next_cursor(client_cursor))
-                return
-    finally:
-        watcher.cancel()
+    waited = await live.wait_past(app.store, req.receive, state, pos,
+                                  app.ctx.config.long_poll_timeout, lambda: app.closing,
+                                  lambda s: app.current(stream_id, s.id))
+    if waited is None:
+        return  # the client left
+    state = waited
+    if pos < state.tail:
+        await _catch_up(app, send, stream_id, state, pos, cursors.next_cursor(client_cursor))
+        return
     # PROTOCOL.md 5.7: a timeout, or a closed stream at its tail: 204.
-    headers: Headers = [
-        (b"stream-next-offset", format_offset(pos).encode()),
-        (b"stream-up-to-date", b"true"),
-        (b"cache-control", b"no-store"),
-        *_proxy_headers(app, stream_id, state, True),
-    ]
-    if state.closed:
-        headers.append((b"stream-closed", b"true"))
-    else:
-        headers.append((b"stream-cursor", cursors.next_cursor(client_cursor).encode()))
-    await app.respond(send, 204, headers)
+    await app.respond(send, 204, live.at_tail_headers(state, pos, client_cursor)
+                      + _proxy_headers(app, stream_id, state, True))
 
 
 def _control(app: ProxyApp, stream_id: str, pos: int, cursor: str | None, up_to_date: bool,

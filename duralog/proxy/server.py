@@ -12,11 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import logging
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -29,16 +27,16 @@ from ..protocol.headers import is_json, is_text_like, is_valid_content_type
 from ..protocol.state import AppendRequest, CreateRequest, StreamState
 from ..store import Store
 from . import reads
+from .access import CREATE, DELETE, HEAD, STREAMS, Access, ServiceAuth, stream_path
 from .allowlist import Allowlist, parse_upstream_url
 from .asgi import Disconnected, Headers, Receive, Request, Scope, Send
 from .config import ProxyConfig
 from .errors import ProxyError
 from .metrics import ProxyMetrics
 from .pipe import INTERRUPTED, Pipe
-from .signing import sign, verify
+from .signing import sign
 from .upstream import UpstreamClients, upstream_headers
 
-STREAMS = "__ds/proxy/s/"
 INDEX = "__ds/proxy/index"
 METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")  # 4.1 Upstream-Method
 
@@ -59,11 +57,6 @@ class Context(Protocol):
     log: logging.Logger
 
 
-#: A hook for other service credentials (the security layer's scoped tokens):
-#: given the request, True to accept, False to refuse, None when it does not apply.
-ServiceAuth = Callable[[Request], "bool | None"]
-
-
 @dataclass(slots=True)
 class Meta:
     upstream_content_type: str | None
@@ -81,7 +74,7 @@ class ProxyApp:
         self.log = getattr(ctx, "log", None) or logging.getLogger("duralog.proxy")
         self.config = config or ProxyConfig.from_env(enabled=True)
         self.allowlist = Allowlist(self.config.allow, self.config.allow_private)
-        self.service_auth = service_auth
+        self.access = Access(self.config, service_auth)
         self.meta: dict[str, Meta] = {}
         self.pipes: dict[str, Pipe] = {}
         self.closing = False
@@ -236,66 +229,23 @@ class ProxyApp:
         sid = path
         if req.method in ("GET", "HEAD"):
             if req.method == "GET":
-                self._stream_auth(req, sid, fallback=True)
+                self.access.stream(req, sid, fallback=True)  # 4.2, 9.2
             else:
-                self._service_auth(req)  # 4.4: service auth only
+                self.access.service(req, HEAD, stream_path(sid))  # 4.4: service auth only
             state = self._state(sid)
             if req.method == "GET":
                 await reads.get(self, req, send, sid, state)
             else:
                 await reads.head(self, send, sid, state)
         elif req.method == "PATCH":
-            self._stream_auth(req, sid, fallback=False)  # 4.3: pre-signed URL only
+            self.access.stream(req, sid, fallback=False)  # 4.3: pre-signed URL only
             await self._abort(req, send, sid)
         elif req.method == "DELETE":
-            self._service_auth(req)  # 4.5
+            self.access.service(req, DELETE, stream_path(sid))  # 4.5
             await self._delete(send, sid)
         else:
             raise ProxyError(405, "METHOD_NOT_ALLOWED", f"{req.method} is not allowed here",
                              {"allow": "GET, HEAD, PATCH, DELETE, OPTIONS"})
-
-    # -- auth (9) ------------------------------------------------------------------
-    def _service_credentials(self, req: Request) -> bool | None:
-        """True/False when service credentials are present and right/wrong, None if absent."""
-        if self.service_auth is not None:
-            verdict = self.service_auth(req)
-            if verdict is not None:
-                return verdict
-        given: list[str] = []
-        if "secret" in req.query:
-            given.append(req.query["secret"])
-        auth = req.header("authorization")
-        if auth and auth[:7].lower() == "bearer ":
-            given.append(auth[7:].strip())
-        if not given:
-            return None
-        secret = self.config.secret
-        if secret is None:
-            return self.service_auth is None
-        return any(hmac.compare_digest(g.encode(), secret.encode()) for g in given)
-
-    def _service_auth(self, req: Request) -> None:
-        verdict = self._service_credentials(req)
-        if verdict:
-            return
-        if verdict is None:
-            if self.config.secret is None and self.service_auth is None:
-                return  # no service auth configured: open (docs/proxy.md says when to set one)
-            raise ProxyError(401, "MISSING_SECRET", "service authentication is required")
-        raise ProxyError(401, "INVALID_SECRET", "service authentication is invalid")
-
-    def _stream_auth(self, req: Request, sid: str, *, fallback: bool) -> None:
-        """7.2 / 9.2: a pre-signed URL; for reads, service auth as a fallback."""
-        expires, signature = req.query.get("expires"), req.query.get("signature")
-        try:
-            verify(self.config.key(), sid, expires, signature)
-        except ProxyError:
-            if fallback:
-                verdict = self._service_credentials(req)
-                if verdict or (verdict is None and not (expires or signature)
-                               and self.config.secret is None and self.service_auth is None):
-                    return
-            raise
 
     # -- responses -------------------------------------------------------------------
     async def respond(self, send: Send, status: int, headers: Headers, body: bytes = b"",
@@ -338,7 +288,9 @@ class ProxyApp:
 
     # -- create (4.1) ---------------------------------------------------------------------
     async def _create(self, req: Request, send: Send) -> None:
-        self._service_auth(req)
+        # The id is chosen first: a token must cover the new stream's path (access.py).
+        sid = str(uuid.uuid4())
+        self.access.service(req, CREATE, stream_path(sid))
         url = req.header("upstream-url")
         if not url:
             raise ProxyError(400, "MISSING_UPSTREAM_URL", "Upstream-URL header is required")
@@ -368,7 +320,7 @@ class ProxyApp:
         if not 200 <= status < 300:
             await self._upstream_error(send, response)
             return
-        await self._start(req, send, response)
+        await self._start(req, send, response, sid)
 
     async def _body(self, req: Request) -> bytes:
         limit = self.config.max_request_body
@@ -430,8 +382,8 @@ class ProxyApp:
             headers.append((b"content-type", ctype.encode("latin-1")))
         await self.respond(send, 502, headers, bytes(body[:limit]))
 
-    async def _start(self, req: Request, send: Send, response: httpx.Response) -> None:
-        sid = str(uuid.uuid4())
+    async def _start(self, req: Request, send: Send, response: httpx.Response,
+                     sid: str) -> None:
         upstream_type = response.headers.get("content-type")
         expires = int(time.time()) + self.config.url_ttl
         try:

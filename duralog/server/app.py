@@ -29,6 +29,7 @@ import orjson
 from prometheus_client import CollectorRegistry
 
 from .. import offload
+from ..auth import load_auth
 from ..protocol.errors import ProtocolError
 from ..protocol.paths import stream_name
 from ..proxy.mount import proxy_app
@@ -83,12 +84,22 @@ def _yjs_app(ctx: ServerContext) -> SubApp:
 # config.stream_prefix without its final slash. These paths are outside the
 # stream root (or in its reserved __ds segment, PROTOCOL.md 6), so they never
 # collide with a stream name.
+def _subscriptions_app(ctx: ServerContext) -> SubApp:
+    """Subscriptions run on one node of a cluster (server/cluster.py); alone, here."""
+    if hasattr(ctx.store, "role"):
+        from .cluster import LeaderOnly
+
+        return LeaderOnly(ctx, SubscriptionsApp, "subscriptions")
+    return SubscriptionsApp(ctx)
+
+
 MOUNTS: list[tuple[str, Callable[[ServerContext], SubApp], Callable[[Config], bool]]] = [
     ("/healthz", HealthApp, lambda config: True),
     ("/readyz", ReadyApp, lambda config: True),
     ("/metrics", MetricsApp, lambda config: True),
-    ("{streams}/__ds", SubscriptionsApp, lambda config: True),  # PROTOCOL.md 6-7
-    # PROXY-PROTOCOL.md; mounted always, answering 404 unless enabled (--proxy).
+    ("{streams}/__ds", _subscriptions_app, lambda config: True),  # PROTOCOL.md 6-7
+    # PROXY-PROTOCOL.md; mounted always, answering 404 unless enabled (--proxy). Its
+    # service auth is --proxy-secret and, with --auth, the scoped tokens (ctx.auth).
     ("/v1/proxy", proxy_app, lambda config: True),
     # YJS-PROTOCOL.md (--yjs, on by default; pycrdt loads only when mounted).
     ("/v1/yjs", _yjs_app, lambda config: config.yjs),
@@ -102,12 +113,17 @@ class DuralogApp:
 
     def __init__(self, config: Config | None = None, store: Store | None = None) -> None:
         self.config = config or Config.from_env()
-        self.store = store or open_store(self.config.backend, self.config.data_dir)
+        self.store = store or open_store(self.config.backend, self.config.data_dir,
+                                         database_url=self.config.database_url,
+                                         pool_size=self.config.pg_pool_size)
         # The store writes each registry event in the commit of the change it records.
         self.store.registry = REGISTRY if self.config.registry else None
         self.store.producer_ttl = self.config.producer_ttl
+        # The auth file is loaded once: the security layer and the sub-apps that accept
+        # its tokens (the proxy's service auth) share it, minted-token cache included.
+        auth = load_auth(self.config.auth) if self.config.auth else None
         self.ctx = ServerContext(self.config, self.store, CollectorRegistry(auto_describe=True),
-                                 log)
+                                 log, auth=auth)
         self.ctx.metrics.register(StoreCollector(self.store))
         self._started = False
         self._start_lock = asyncio.Lock()
@@ -123,7 +139,7 @@ class DuralogApp:
         # Cross-cutting layers wrap the composed app once, outermost last.
         # Host, CORS, rate limits and access control (server/auth.py) inside the
         # access log and metrics, so refusals are logged and counted too.
-        self._entry: ASGIApp = secure(self._http, self.config)
+        self._entry: ASGIApp = secure(self._http, self.config, self.ctx.auth)
         if self.config.access_log or self.metrics is not None:
             self._entry = ObserveLayer(self._entry, self.metrics, self.config.access_log)
         root = self.config.stream_prefix.rstrip("/")

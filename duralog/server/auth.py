@@ -462,11 +462,13 @@ class _RegistryFilter:
         await self._send({"type": "http.response.body", "body": body})
 
 
-def secure(app: ASGIApp, config: Any) -> SecurityLayer:
-    """Wrap ``app`` in the security layer configured by a ``Config`` (loads the auth file)."""
+def secure(app: ASGIApp, config: Any, auth: AuthConfig | None = None) -> SecurityLayer:
+    """Wrap ``app`` in the security layer configured by a ``Config`` (loads the auth file
+    unless the caller passes it, already loaded, as ``auth``)."""
     from ..auth import load_auth
 
-    auth = load_auth(config.auth) if config.auth else None
+    if auth is None and config.auth:
+        auth = load_auth(config.auth)
     return SecurityLayer(app, stream_prefix=config.stream_prefix, auth=auth,
                          cors_origins=split_list(config.cors_origins) or ["*"],
                          allowed_hosts=split_list(config.allowed_hosts) or ["*"])

@@ -14,6 +14,13 @@ class Config:
     port: int = DEFAULT_PORT
     backend: str = "sqlite"
     data_dir: str = "./duralog-data"
+    #: --backend postgres: the database (postgresql://user@host:port/db) and the
+    #: most connections each node's pool opens (the listener takes one more).
+    database_url: str = ""
+    pg_pool_size: int = 10
+    #: How the other nodes of a cluster reach this one (server/cluster.py); empty:
+    #: http://<host>:<port>.
+    advertise_url: str = ""
     long_poll_timeout: float = 30.0  # seconds a long-poll (or SSE keep-alive) waits
     chunk_size: int = 1 << 20  # most bytes one catch-up read answers
     max_body_size: int = 64 << 20  # larger appends get 413
@@ -78,8 +85,12 @@ class Config:
     def validate(self) -> None:
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port must be 0-65535, not {self.port}")
-        if self.backend not in ("memory", "sqlite"):
-            raise ValueError(f"backend must be memory or sqlite, not {self.backend!r}")
+        if self.backend not in ("memory", "sqlite", "postgres"):
+            raise ValueError(f"backend must be memory, sqlite or postgres, not {self.backend!r}")
+        if self.backend == "postgres" and not self.database_url:
+            raise ValueError("--backend postgres needs --database-url (or DURALOG_DATABASE_URL)")
+        if self.pg_pool_size < 1:
+            raise ValueError("pg-pool-size must be at least 1")
         for name in ("long_poll_timeout", "sse_max_duration", "sweep_interval", "producer_ttl",
                      "webhook_timeout", "webhook_retry_base", "webhook_retry_max",
                      "header_timeout", "body_timeout", "send_timeout"):

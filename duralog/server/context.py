@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry
 
+from ..auth import AuthConfig
 from ..store import Store
 from .config import Config
 
@@ -32,3 +33,6 @@ class ServerContext:
     # Set when the server begins to shut down: readiness turns 503, live readers
     # end, and a sub-app with long-lived responses should end them too.
     closing: asyncio.Event = field(default_factory=asyncio.Event)
+    # The loaded auth file (--auth), or None: for sub-apps that check credentials of
+    # their own and accept its tokens too (the proxy's service auth, docs/proxy.md).
+    auth: AuthConfig | None = None

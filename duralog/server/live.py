@@ -11,6 +11,7 @@ import asyncio
 import base64
 import codecs
 import time
+from collections.abc import Callable
 
 from ..protocol import cursor as cursors
 from ..protocol import headers as H
@@ -20,7 +21,7 @@ from ..protocol.offsets import format_offset
 from ..protocol.state import StreamState
 from ..store import Store
 from .config import Config
-from .http import DisconnectWatcher, Headers, Request, Responses, Send
+from .http import DisconnectWatcher, Headers, Receive, Request, Responses, Send
 from .observe import ServerMetrics
 from .streams import StreamOps
 
@@ -33,6 +34,47 @@ SSE_SHARED_BYTES = 4 << 20
 #: of the loop; a quarter of that is a few ms, and a slow reader holds at most one
 #: such event (341 KiB for binary data) besides what the socket took.
 SSE_STEP = 256 << 10
+
+
+async def wait_past(store: Store, receive: Receive, state: StreamState, pos: int,
+                    timeout: float, closing: Callable[[], bool],
+                    current: Callable[[StreamState], StreamState]) -> StreamState | None:
+    """The long-poll wait (PROTOCOL.md 5.7): until the stream has bytes past ``pos``, is
+    closed, ``timeout`` seconds pass or the server is ``closing``. Returns the stream's
+    latest state (the caller answers with data, or 204 at the tail), or None if the
+    client left. ``current`` re-reads the state after each wake-up and raises if the
+    stream is gone. Shared by the stream API and mounts that serve streams of their
+    own (the proxy)."""
+    deadline = time.monotonic() + timeout
+    watcher = DisconnectWatcher(receive)
+    try:
+        while not state.closed:
+            left = deadline - time.monotonic()
+            if left <= 0 or closing():
+                break
+            await watcher.wait(store.notifier.future(state.id), left)
+            if watcher.gone:
+                return None
+            state = current(state)
+            if pos < state.tail:
+                break
+    finally:
+        watcher.cancel()
+    return state
+
+
+def at_tail_headers(state: StreamState, pos: int, client_cursor: str | None) -> Headers:
+    """5.7: the 204 of a long-poll that timed out, or reached a closed stream's tail."""
+    headers: Headers = [
+        (b"stream-next-offset", format_offset(pos).encode()),
+        (b"stream-up-to-date", b"true"),
+        (b"cache-control", b"no-store"),
+    ]
+    if state.closed:
+        headers.append((b"stream-closed", b"true"))
+    else:
+        headers.append((b"stream-cursor", cursors.next_cursor(client_cursor).encode()))
+    return headers
 
 
 class LiveReads:
@@ -82,37 +124,22 @@ class LiveReads:
             # 5.7: data already there (including a fork's inherited range) comes at once.
             await self.ops.catch_up(req, send, state, pos, format_offset(pos), cursor)
             return
-        deadline = time.monotonic() + self.config.long_poll_timeout
-        watcher = DisconnectWatcher(req.receive)
-        try:
-            while not state.closed:
-                left = deadline - time.monotonic()
-                if left <= 0 or self.closing.is_set():
-                    break
-                await watcher.wait(self.store.notifier.future(state.id), left)
-                if watcher.gone:
-                    return
-                current = self.ops.current(req.name, state.id)
-                if current is None:
-                    raise ProtocolError(404, "stream was deleted")
-                state = current
-                if pos < state.tail:
-                    await self.ops.catch_up(req, send, state, pos, format_offset(pos),
-                                         cursors.next_cursor(client_cursor))
-                    return
-        finally:
-            watcher.cancel()
-        # 5.7: a timeout, or a closed stream at its tail: 204 with the tail.
-        headers: Headers = [
-            (b"stream-next-offset", format_offset(pos).encode()),
-            (b"stream-up-to-date", b"true"),
-            (b"cache-control", b"no-store"),
-        ]
-        if state.closed:
-            headers.append((b"stream-closed", b"true"))
-        else:
-            headers.append((b"stream-cursor", cursors.next_cursor(client_cursor).encode()))
-        await self.http.respond(send, 204, headers)
+        def current(state: StreamState) -> StreamState:
+            now = self.ops.current(req.name, state.id)
+            if now is None:
+                raise ProtocolError(404, "stream was deleted")
+            return now
+
+        waited = await wait_past(self.store, req.receive, state, pos,
+                                 self.config.long_poll_timeout, self.closing.is_set, current)
+        if waited is None:
+            return  # the client left
+        state = waited
+        if pos < state.tail:
+            await self.ops.catch_up(req, send, state, pos, format_offset(pos),
+                                    cursors.next_cursor(client_cursor))
+            return
+        await self.http.respond(send, 204, at_tail_headers(state, pos, client_cursor))
 
     async def _sse(self, req: Request, send: Send, state: StreamState, pos: int,
                    client_cursor: str | None) -> None:

@@ -21,6 +21,7 @@ from ..protocol.offsets import NOW, START, format_offset, parse_offset
 from ..protocol.paths import source_stream_name
 from ..protocol.state import AppendRequest, CreateRequest, StreamState
 from ..store import Store
+from ..store.base import StaleState
 from ..store.plans import EARLIEST_OFFSET_HEADER, gone_before
 from ..store.registry import REGISTRY
 from .config import Config
@@ -105,7 +106,7 @@ class StreamOps:
 
         effective_type = content_type
         if forked_from is not None and effective_type is None:
-            source = self.store.get(forked_from)
+            source = await self.store.fresh(forked_from)
             effective_type = source.content_type if source is not None else None
         payload: bytes | None = None
         if body:
@@ -178,21 +179,31 @@ class StreamOps:
         if not body and not close:
             raise ProtocolError(400, "empty body: an append needs data (or Stream-Closed: "
                                      "true to close)")
-        state = self.live_state(req.name)
-        self.store.touch(state)
+        # The cached state saves a database round trip on a shared store (postgres):
+        # the append is decided against the database anyway, and one prepared for
+        # a stream another node has since replaced is refused (StaleState) and
+        # prepared again from the database's state.
+        state = self.store.get(req.name) if self.store.shared else None
+        cached = state is not None and not state.soft_deleted
+        if not cached:
+            state = await self.live_state(req.name)
         if body and not content_type:
             raise ProtocolError(400, "Content-Type is required on an append with a body")
-        payload = body
-        if body and not state.closed:
-            if H.media_type(content_type) != H.media_type(state.content_type):
-                raise ProtocolError(409, "content type does not match the stream's "
-                                         f"({state.content_type})")
-            if H.is_json(state.content_type):
-                payload = await offload.append_fragment(body, allow_empty=False)
-                assert payload is not None
-        decision, state = await self.store.append(req.name, AppendRequest(
-            payload=payload, content_type=content_type, stream_seq=stream_seq,
-            producer=producer, close=close))
+        while True:
+            assert state is not None
+            self.store.touch(state)
+            try:
+                payload = await self._append_payload(state, body, content_type)
+                decision, state = await self.store.append(req.name, AppendRequest(
+                    payload=payload, content_type=content_type, stream_seq=stream_seq,
+                    producer=producer, close=close, stream_id=state.id if cached else None))
+            except (StaleState, ProtocolError) as err:
+                if not cached or not (isinstance(err, StaleState) or err.status == 409):
+                    raise
+                cached = False
+                state = await self.live_state(req.name)
+                continue
+            break
         if decision.error is not None:
             raise decision.error
         if self.metrics is not None and decision.write and payload:
@@ -203,9 +214,22 @@ class StreamOps:
             headers.append((b"stream-next-offset", state.next_offset.encode()))
         await self.http.respond(send, decision.status, headers)
 
+    async def _append_payload(self, state: StreamState, body: bytes,
+                              content_type: str | None) -> bytes:
+        """What an append stores: the body, or its JSON fragment (5.2)."""
+        if body and not state.closed:
+            if H.media_type(content_type) != H.media_type(state.content_type):
+                raise ProtocolError(409, "content type does not match the stream's "
+                                         f"({state.content_type})")
+            if H.is_json(state.content_type):
+                payload = await offload.append_fragment(body, allow_empty=False)
+                assert payload is not None
+                return payload
+        return body
+
     # -- HEAD (5.5) ------------------------------------------------------------
     async def head(self, req: Request, send: Send) -> None:
-        state = self.live_state(req.name)
+        state = await self.live_state(req.name)
         headers: Headers = [
             (b"content-type", state.content_type.encode()),
             (b"stream-next-offset", state.next_offset.encode()),
@@ -231,12 +255,13 @@ class StreamOps:
 
     # -- DELETE (5.4) ----------------------------------------------------------
     async def delete(self, req: Request, send: Send) -> None:
-        self.live_state(req.name)
+        await self.live_state(req.name)
         await self.store.delete(req.name)
         await self.http.respond(send, 204, [])
 
-    def live_state(self, name: str) -> StreamState:
-        state = self.store.get(name)
+    async def live_state(self, name: str) -> StreamState:
+        # fresh(): with several server nodes another one may have changed the stream.
+        state = await self.store.fresh(name)
         if state is None:
             raise ProtocolError(404, "stream not found")
         if state.soft_deleted:
@@ -254,7 +279,7 @@ class StreamOps:
             raise ProtocolError(400, "offset is empty")
         if live is not None and offset is None:
             raise ProtocolError(400, f"live={live} needs an offset")
-        state = self.live_state(req.name)
+        state = await self.live_state(req.name)
         self.store.touch(state)  # 5.1: live reads slide the TTL when they begin
         if offset is None or offset == START:
             pos = state.start  # retention: -1 is the earliest retained data
@@ -304,7 +329,12 @@ class StreamOps:
             headers.append((b"stream-closed", b"true"))
         if cursor is not None:
             headers.append((b"stream-cursor", cursor.encode()))
-        cache = self._cache_control(state, bool(chunk.parts))
+        if req.query_one("offset") == NOW:
+            # PROTOCOL.md 8: offset=now names the tail at the time of asking; a long-poll
+            # answer to it must not be served from a cache to a reader who asks later.
+            cache = b"no-store"
+        else:
+            cache = self._cache_control(state, bool(chunk.parts))
         if req.scope.get(PRIVATE_SCOPE_KEY) and cache.startswith(b"public"):
             # PROTOCOL.md 12.2: an answer that needed a token is for that client only
             # (the security layer says so; server/auth.py).

@@ -68,21 +68,12 @@ class Transaction:
         self.events.extend(events)
 
 
-class StateWriter:
-    """Appends state events to a JSON stream through an idempotent producer.
+class _EventWriter:
+    """What both writers share: events encoded into one append each; the
+    producer queues the append (its ``append`` does not block in either twin)."""
 
-    ``producer_id`` should be stable across restarts of one writer (the
-    producer's epoch is claimed automatically); by default a fresh one.
-    """
-
-    def __init__(self, stream: str | DurableStream, *, producer_id: str | None = None,
-                 upsert_as: UpsertAs = "insert", **producer_options: Any) -> None:
-        self.stream = stream if isinstance(stream, DurableStream) else DurableStream(stream)
-        self.upsert_as = upsert_as
-        producer_options.setdefault("auto_claim", True)
-        producer_options.setdefault("content_type", "application/json")
-        self._producer = self.stream.producer(producer_id or f"state-{uuid.uuid4()}",
-                                              **producer_options)
+    _producer: Any
+    upsert_as: UpsertAs
 
     def append(self, *events: StateEvent, txid: str | None = None) -> str | None:
         """Queue events as one atomic append. With several change events and
@@ -100,6 +91,31 @@ class StateWriter:
         self._producer.append(encode(list(events), txid, self.upsert_as))
         return txid
 
+    def reset(self, offset: str | None = None) -> None:
+        """Append a reset control message (STATE-PROTOCOL.md 4.2.2)."""
+        self._producer.append(encode([ControlEvent("reset", offset)]))
+
+    @property
+    def last_offset(self) -> str | None:
+        return self._producer.last_offset
+
+
+class StateWriter(_EventWriter):
+    """Appends state events to a JSON stream through an idempotent producer.
+
+    ``producer_id`` should be stable across restarts of one writer (the
+    producer's epoch is claimed automatically); by default a fresh one.
+    """
+
+    def __init__(self, stream: str | DurableStream, *, producer_id: str | None = None,
+                 upsert_as: UpsertAs = "insert", **producer_options: Any) -> None:
+        self.stream = stream if isinstance(stream, DurableStream) else DurableStream(stream)
+        self.upsert_as = upsert_as
+        producer_options.setdefault("auto_claim", True)
+        producer_options.setdefault("content_type", "application/json")
+        self._producer = self.stream.producer(producer_id or f"state-{uuid.uuid4()}",
+                                              **producer_options)
+
     @contextmanager
     def transaction(self, txid: str | None = None) -> Iterator[Transaction]:
         """``with writer.transaction() as tx: tx.append(...)``: appended on exit
@@ -109,17 +125,9 @@ class StateWriter:
         if tx.events:
             self.commit(tx.events, tx.txid)
 
-    def reset(self, offset: str | None = None) -> None:
-        """Append a reset control message (STATE-PROTOCOL.md 4.2.2)."""
-        self._producer.append(encode([ControlEvent("reset", offset)]))
-
     def flush(self, timeout: float | None = None) -> None:
         """Wait until everything queued landed; raises the first failure."""
         self._producer.flush(timeout)
-
-    @property
-    def last_offset(self) -> str | None:
-        return self._producer.last_offset
 
     def close(self) -> None:
         self._producer.close()
@@ -131,7 +139,7 @@ class StateWriter:
         self._producer.__exit__(exc_type, *rest)
 
 
-class AsyncStateWriter:
+class AsyncStateWriter(_EventWriter):
     """The asyncio twin of ``StateWriter``; create it with ``await AsyncStateWriter.open(...)``."""
 
     def __init__(self, stream: AsyncDurableStream, producer: AsyncIdempotentProducer,
@@ -150,28 +158,12 @@ class AsyncStateWriter:
                                          **producer_options)
         return cls(handle, producer, upsert_as)
 
-    def append(self, *events: StateEvent, txid: str | None = None) -> str | None:
-        if txid is None and sum(isinstance(e, ChangeEvent) for e in events) > 1:
-            txid = new_txid()
-        self._producer.append(encode(events, txid, self.upsert_as))
-        if txid is None and len(events) == 1 and isinstance(events[0], ChangeEvent):
-            return events[0].txid
-        return txid
-
-    def commit(self, events: Iterable[StateEvent], txid: str | None = None) -> str:
-        txid = txid or new_txid()
-        self._producer.append(encode(list(events), txid, self.upsert_as))
-        return txid
-
     @asynccontextmanager
     async def transaction(self, txid: str | None = None) -> Any:
         tx = Transaction(txid or new_txid())
         yield tx
         if tx.events:
             self.commit(tx.events, tx.txid)
-
-    def reset(self, offset: str | None = None) -> None:
-        self._producer.append(encode([ControlEvent("reset", offset)]))
 
     async def flush(self, timeout: float | None = None) -> None:
         await self._producer.flush(timeout)

@@ -6,7 +6,8 @@ from .memory import MemoryStore
 __all__ = ["MemoryStore", "ReadChunk", "Store", "open_store"]
 
 
-def open_store(backend: str, data_dir: str | None = None) -> Store:
+def open_store(backend: str, data_dir: str | None = None, *, database_url: str = "",
+               pool_size: int = 10) -> Store:
     """The store for a ``--backend`` name."""
     if backend == "memory":
         return MemoryStore()
@@ -14,4 +15,13 @@ def open_store(backend: str, data_dir: str | None = None) -> Store:
         from .sqlite import SQLiteStore
 
         return SQLiteStore(data_dir or "./duralog-data")
-    raise ValueError(f"unknown backend {backend!r} (choose memory or sqlite)")
+    if backend == "postgres":
+        try:
+            from .postgres import PostgresStore
+        except ImportError as exc:
+            raise ValueError(f"--backend postgres needs asyncpg ({exc}): "
+                             "pip install 'duralog[postgres]'") from None
+        if not database_url:
+            raise ValueError("--backend postgres needs --database-url (or DURALOG_DATABASE_URL)")
+        return PostgresStore(database_url, pool_size=pool_size)
+    raise ValueError(f"unknown backend {backend!r} (choose memory, sqlite or postgres)")

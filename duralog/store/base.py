@@ -37,6 +37,14 @@ DEFAULT_PRODUCER_TTL = 7 * 86400.0
 PRODUCER_SWEEP_INTERVAL = 60.0
 
 
+class StaleState(ProtocolError):
+    """The stream at a path is not the one an append was prepared for (another node
+    deleted and re-created it): look the path up again (``fresh``) and redo."""
+
+    def __init__(self) -> None:
+        super().__init__(503, "the stream changed while the append was prepared; retry")
+
+
 @dataclass(slots=True)
 class ReadChunk:
     """Committed bytes from a position: record payloads (byte streams may be sliced)."""
@@ -187,6 +195,19 @@ class Store(ABC):
         """Every live stream: not soft-deleted, not expired."""
         now = time.time()
         return [s for s in self.all_states() if not s.soft_deleted and not s.is_expired(now)]
+
+    async def fresh(self, path: str) -> StreamState | None:
+        """``get``, after making sure the answer is the database's current truth.
+
+        Requests call this first. A backend whose database other server nodes
+        write too (postgres) reads the stream's row here and updates its cache;
+        a single-process backend's cache is the truth, so this is ``get``.
+        """
+        return self.get(path)
+
+    #: Whether ``get`` may lag the database (other processes write it too). When
+    #: False, ``fresh`` is ``get`` and the cache is the truth.
+    shared = False
 
     def get(self, path: str) -> StreamState | None:
         """The committed state at ``path``, or None. Expired streams are gone (4)."""

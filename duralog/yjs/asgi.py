@@ -7,17 +7,14 @@ with one of the spec's codes. Statuses the spec has no code for (a producer's
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
-from urllib.parse import parse_qsl
-
 import orjson
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-Headers = list[tuple[bytes, bytes]]
+from ..protocol.errors import ProtocolError
+from ..server import http
+from ..server.http import Disconnected, Headers, Message, Receive, Scope, Send, relative_path
+
+__all__ = ["Disconnected", "Headers", "Message", "Receive", "Request", "Scope", "Send",
+           "YjsError", "doc_not_found", "relative_path"]
 
 EXPOSE = (b"Stream-Next-Offset, Stream-Cursor, Stream-Up-To-Date, Stream-Closed, "
           b"Stream-SSE-Data-Encoding, Producer-Epoch, Producer-Seq, Producer-Expected-Seq, "
@@ -49,33 +46,19 @@ def doc_not_found() -> YjsError:
     return YjsError(404, "Document does not exist", "DOCUMENT_NOT_FOUND")
 
 
-class Disconnected(Exception):
-    """The client went away while we read its body."""
+class Request(http.Request):
+    """The server's request view, with the Yjs error envelope for its refusals."""
 
-
-class Request:
-    __slots__ = ("headers", "method", "query", "receive", "scope")
+    __slots__ = ()
 
     def __init__(self, scope: Scope, receive: Receive) -> None:
-        self.scope = scope
-        self.receive = receive
-        self.method: str = scope["method"]
-        self.headers: dict[str, str] = {}
-        for key, value in scope["headers"]:
-            k = key.decode("latin-1").lower()
-            v = value.decode("latin-1")
-            self.headers[k] = f"{self.headers[k]}, {v}" if k in self.headers else v
-        self.query = parse_qsl(scope.get("query_string", b"").decode("latin-1"),
-                               keep_blank_values=True)
-
-    def header(self, name: str) -> str | None:
-        return self.headers.get(name)
+        super().__init__(scope, receive, "")
 
     def param(self, name: str) -> str | None:
-        values = [v for k, v in self.query if k == name]
-        if len(values) > 1:
-            raise YjsError(400, f"query parameter {name!r} given more than once")
-        return values[0] if values else None
+        try:
+            return self.query_one(name)
+        except ProtocolError as err:
+            raise YjsError(err.status, err.reason) from None
 
     def full_path(self) -> bytes:
         """The request path as the client sent it (prefixes included), still encoded."""
@@ -88,36 +71,11 @@ class Request:
         return raw
 
     async def body(self, limit: int) -> bytes:
-        declared = self.header("content-length")
-        if declared is not None:
-            if not (declared.isascii() and declared.isdigit()):
-                raise YjsError(400, "Content-Length is not a number")
-            if int(declared) > limit:
-                raise YjsError(413, f"body is larger than the limit of {limit} bytes")
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            message = await self.receive()
-            if message["type"] == "http.disconnect":
-                raise Disconnected
-            chunk = message.get("body", b"")
-            if chunk:
-                size += len(chunk)
-                if size > limit:
-                    raise YjsError(413, f"body is larger than the limit of {limit} bytes")
-                chunks.append(chunk)
-            if not message.get("more_body", False):
-                return b"".join(chunks)
+        try:
+            return await http.read_body(self, limit)
+        except ProtocolError as err:
+            raise YjsError(err.status, err.reason) from None
 
-
-def relative_path(scope: Scope) -> bytes:
-    """The still-encoded path below this sub-app's mount point."""
-    raw: bytes = scope.get("raw_path") or scope["path"].encode("utf-8")
-    raw = raw.split(b"?", 1)[0]
-    root = scope.get("root_path", "").encode("utf-8")
-    if root and raw.startswith(root):
-        raw = raw[len(root):]
-    return raw
 
 
 class Responder:

@@ -37,6 +37,11 @@ export function streamView(main, name, params, app) {
     // Replace, not push: Back leaves the stream instead of stepping through offsets.
     clearTimeout(urlTimer);
     urlTimer = setTimeout(() => {
+      // The page may have moved on (a fork opens its own view) before its
+      // hashchange ran: rewriting the address then would send it back here.
+      const here = app.streamLink(name);
+      const hash = location.hash;
+      if (hash !== here && !hash.startsWith(here + "?")) return;
       history.replaceState(null, "", app.streamLink(name, { offset, live: mode }));
     }, 200);
   };

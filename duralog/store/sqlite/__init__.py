@@ -15,11 +15,14 @@ How an append reaches the disk (docs/storage.md has the long version):
    checksum), stream rows, producer rows, registry events and the id counter.
    With ``synchronous=FULL`` the commit fsyncs the WAL once for the batch
    (group commit). Data, producer state and the registry therefore move
-   together (PROTOCOL.md 5.2.1, atomicity).
+   together (PROTOCOL.md 5.2.1, atomicity). A batch of nothing but unsynced
+   appends (``AppendRequest.sync`` False: the proxy's body batches) commits
+   with ``synchronous=NORMAL``, without the fsync.
 4. After the commit the writer hands the new states to the event loop
    (``call_soon_threadsafe``), which swaps them in, appends the new records to
    the tail cache, resolves the futures and wakes live readers. Readers only
-   ever see committed data, and an acknowledgement means the bytes are on disk.
+   ever see committed data, and an acknowledgement of a (synced) append means
+   the bytes are on disk.
 
 If the transaction fails (disk full, I/O error) it is rolled back, the shadows
 are dropped, and the batch's operations are retried one per transaction so

@@ -170,7 +170,11 @@ class Writer:
             for state in list(batch.states.values()):
                 if state.retention_bytes is not None and not state.soft_deleted:
                     self._trim(batch, state)  # retention by size, after this batch's appends
-            self._commit(batch)
+            # A batch of nothing but unsynced appends (the proxy's body batches) commits
+            # without the fsync; any other operation in it makes it a synced commit,
+            # which also flushes every unsynced commit before it (the WAL is in order).
+            self._commit(batch, sync=not all(op[0] == APPEND and not op[2].sync
+                                             for op in ops))
         except Exception as exc:
             self._rollback()
             if split_on_error and len(ops) > 1:
@@ -252,7 +256,7 @@ class Writer:
         assert plan.result is not None
         return plan.result, plan.created
 
-    def _commit(self, batch: Batch) -> None:
+    def _commit(self, batch: Batch, sync: bool = True) -> None:
         con = self._con
         assert con is not None
         dropped = batch.dropped
@@ -260,6 +264,22 @@ class Writer:
         if not (states or dropped or batch.access) and batch.next_id == self._next_id:
             return  # nothing to write (refusals, duplicates): nothing to wait for
         started = time.perf_counter()
+        if not sync:
+            # WAL mode: NORMAL writes the commit to the WAL without an fsync (readable,
+            # safe from a crash of this process, not from a power cut). The connection
+            # goes back to FULL (schema.py) after the commit, or in _rollback.
+            con.execute("PRAGMA synchronous=NORMAL")
+        self._write_batch(con, batch)
+        if not sync:
+            con.execute("PRAGMA synchronous=FULL")
+        self.counters["commits"] += 1
+        if self.commit_observer is not None:
+            self.commit_observer(time.perf_counter() - started, len(batch.results))
+
+    def _write_batch(self, con: sqlite3.Connection, batch: Batch) -> None:
+        """The batch's rows in one transaction (the caller rolls back on an error)."""
+        dropped = batch.dropped
+        states = batch.states
         con.execute("BEGIN IMMEDIATE")
         records = batch.records
         if dropped and records:
@@ -297,15 +317,15 @@ class Writer:
         if batch.next_id != self._next_id:
             con.execute("UPDATE meta SET value = ? WHERE key = 'next_id'", (str(batch.next_id),))
         con.execute("COMMIT")
-        self.counters["commits"] += 1
-        if self.commit_observer is not None:
-            self.commit_observer(time.perf_counter() - started, len(batch.results))
 
     def _rollback(self) -> None:
         con = self._con
         if con is not None and con.in_transaction:
             with contextlib.suppress(sqlite3.Error):
                 con.execute("ROLLBACK")
+        if con is not None:
+            with contextlib.suppress(sqlite3.Error):
+                con.execute("PRAGMA synchronous=FULL")  # after an unsynced batch failed
 
     def _collect_garbage(self) -> None:
         """One reclaim step: remove records of dropped streams (up to GC_STEP_BYTES of
