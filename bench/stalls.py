@@ -81,6 +81,26 @@ def main(backend: str = "memory") -> None:
 
         measure("SSE of 4 MiB of empty lines", sse)
 
+        c.put(base + "/big", headers=octets)
+        for _ in range(16):
+            c.post(base + "/big", headers=octets, content=os.urandom(8 << 20))
+
+        def slow_readers() -> str:
+            """240 SSE readers of a 128 MiB binary stream connect at once, never read."""
+            socks = []
+            for _ in range(240):
+                s = socket.socket()
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+                s.connect(("127.0.0.1", srv.port))
+                s.sendall(b"GET /v1/stream/big?offset=-1&live=sse HTTP/1.1\r\nHost: x\r\n\r\n")
+                socks.append(s)
+            time.sleep(5)
+            for s in socks:
+                s.close()
+            return "240 readers"
+
+        measure("240 slow SSE readers of 128 MiB connect at once", slow_readers)
+
         def many_headers() -> str:
             s = socket.create_connection(("127.0.0.1", srv.port))
             try:
