@@ -152,21 +152,34 @@ def test_lost_listener_connection_loses_no_wake(pg_server: PgServer, tmp_path: P
             waiter = threading.Thread(target=_long_poll, args=(stream(b, name), tail, got))
             waiter.start()
             time.sleep(0.3)
-            # Both nodes' LISTEN connections die; the append commits while they are gone.
-            assert _terminate_listeners(pg_server, database) == 2
-            assert httpx.post(stream(a, name), headers=TEXT,
-                              content=f"r{round_}".encode()).status_code == 204
+            _wait_for_listeners(pg_server, database)
+            # Both nodes' LISTEN connections die and cannot come back (the database
+            # takes no new connections) until the append has committed: its NOTIFY
+            # reaches nobody, so only the re-check after reconnecting can wake B.
+            pg_server.sql(f'ALTER DATABASE "{database}" WITH ALLOW_CONNECTIONS false')
+            try:
+                assert _terminate_listeners(pg_server, database) == 2
+                r = httpx.post(stream(a, name), headers=TEXT, content=f"r{round_}".encode())
+                assert r.status_code == 204, r.text  # A's pooled connection still works
+                time.sleep(0.5)
+                assert got == []  # nobody woke B yet
+            finally:
+                pg_server.sql(f'ALTER DATABASE "{database}" WITH ALLOW_CONNECTIONS true')
             waiter.join(60)
             assert got and got[0].status_code == 200, got
             assert got[0].content == f"r{round_}".encode()
-        # And the listeners came back (each node reconnected).
-        deadline = time.monotonic() + 20
-        while _count_listeners(pg_server, database) < 2:
-            assert time.monotonic() < deadline, "the listeners did not reconnect"
-            time.sleep(0.1)
+        _wait_for_listeners(pg_server, database)  # and they came back once more
     finally:
         a.stop()
         b.stop()
+
+
+def _wait_for_listeners(pg: PgServer, database: str) -> None:
+    """Until both nodes have their LISTEN connection (again)."""
+    deadline = time.monotonic() + 20
+    while _count_listeners(pg, database) < 2:
+        assert time.monotonic() < deadline, "the listeners did not reconnect"
+        time.sleep(0.05)
 
 
 def _count_listeners(pg: PgServer, database: str) -> int:

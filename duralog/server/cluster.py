@@ -97,7 +97,7 @@ class LeaderOnly:
 
     async def _campaign_once(self) -> None:
         try:
-            leading = await self.role.try_lead()
+            leading = await self.ctx.store.try_lead(self.role)  # type: ignore[attr-defined]
         except Exception as exc:
             log.warning("cannot reach the database to lead %s: %s", self.role.name, exc)
             leading = False

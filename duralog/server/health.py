@@ -65,7 +65,9 @@ class ReadyApp(_Endpoint):
 
     For a store with files (sqlite): the database file must still be the one the
     store opened, and its directory's file system must have ``MIN_FREE`` bytes
-    left (an append on a full disk fails with 507). Not ready either while the
+    left (an append on a full disk fails with 507). A store with a
+    ``health_problem()`` (postgres: its database connection) is asked too. Not
+    ready either while the
     server shuts down, so a load balancer stops sending it requests.
     """
 
@@ -83,6 +85,9 @@ class ReadyApp(_Endpoint):
     def problem(self) -> str | None:
         if self.ctx.closing.is_set():
             return "shutting down"
+        store_problem = getattr(self.ctx.store, "health_problem", None)
+        if store_problem is not None and (found := store_problem()) is not None:
+            return str(found)  # postgres: the database is unreachable
         data_dir = getattr(self.ctx.store, "data_dir", None)
         path = getattr(self.ctx.store, "path", None)
         if path is not None:

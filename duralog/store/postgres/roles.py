@@ -29,6 +29,17 @@ CREATE TABLE IF NOT EXISTS roles (
 """
 
 
+#: Whether some session holds the role's advisory lock (pg_locks shows a bigint key
+#: as its high and low 32 bits in classid and objid, objsubid 1).
+HELD_SQL = """
+SELECT EXISTS (SELECT 1 FROM pg_locks, (SELECT hashtext($1)::bigint AS k) key
+               WHERE locktype = 'advisory' AND granted AND objsubid = 1
+                 AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+                 AND classid = ((k >> 32) & 4294967295)::oid
+                 AND objid = (k & 4294967295)::oid)
+"""
+
+
 class Role:
     """One role on this node: ``try_lead`` takes it if free; ``on_lost`` is called when a
     held role is lost (its connection ended)."""
@@ -45,9 +56,11 @@ class Role:
     def leading(self) -> bool:
         return self.con is not None and not self.con.is_closed()
 
-    async def try_lead(self) -> bool:
+    async def try_lead(self, pool: asyncpg.Pool | None = None) -> bool:
         if self.leading:
             return True
+        if pool is not None and await pool.fetchval(HELD_SQL, "duralog-role:" + self.name):
+            return False  # another node leads: no connection opened to find that out
         con = await asyncpg.connect(self.dsn, server_settings={
             "application_name": f"duralog-role-{self.name}"}, **self.connect_kwargs)
         try:

@@ -136,6 +136,9 @@ def is_connection_error(exc: BaseException) -> bool:
     return isinstance(exc, (OSError, ConnectionError, TimeoutError,
                             asyncpg.exceptions.PostgresConnectionError,
                             asyncpg.exceptions.InterfaceError,
+                            # "cannot switch to state ...": a connection that broke
+                            # mid-operation (PostgreSQL went away under it).
+                            asyncpg.exceptions.InternalClientError,
                             asyncpg.exceptions.CannotConnectNowError,
                             asyncpg.exceptions.AdminShutdownError,
                             asyncpg.exceptions.CrashShutdownError,

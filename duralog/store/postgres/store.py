@@ -28,13 +28,11 @@ from typing import Any
 import asyncpg
 
 from ...protocol.errors import ProtocolError
-from ...protocol.offsets import format_offset
 from ...protocol.state import AppendDecision, AppendRequest, CreateRequest, StreamState
-from ..base import Store, scan_records
-from ..sqlite.batch import HEAD
-from ..sqlite.batch import MORE as _MORE
-from ..sqlite.schema import record_checksum, state_from_row
+from ..base import Store
+from ..sqlite.schema import state_from_row
 from .listener import Listener
+from .reads import PgReads
 from .roles import Role
 from .schema import (
     CHANNEL,
@@ -54,8 +52,6 @@ log = logging.getLogger("duralog.postgres")
 
 #: Sliding-TTL clocks moved by reads are written this often (seconds).
 ACCESS_FLUSH_INTERVAL = 0.25
-#: Rows one catch-up query fetches at most; the read stops at its byte budget.
-READ_PAGE_ROWS = 64
 #: Records of dropped streams removed per reclaim step.
 RECLAIM_STEP_ROWS = 5000
 
@@ -71,13 +67,7 @@ WITH RECURSIVE chain AS (
 CHAIN_BY_IDS = CHAIN_BY_PATH.replace("WHERE path = $1", "WHERE id = ANY($1::bigint[])")
 
 
-class CorruptRecord(Exception):
-    def __init__(self, stream_id: int, start: int, reason: str) -> None:
-        super().__init__(reason)
-        self.stream_id, self.start, self.reason = stream_id, start, reason
-
-
-class PostgresStore(PgWriter, Store):
+class PostgresStore(PgReads, PgWriter, Store):
     """Streams in one PostgreSQL database, shared by any number of nodes."""
 
     shared = True
@@ -149,9 +139,10 @@ class PostgresStore(PgWriter, Store):
         self._queue_access()
         for task in self._tasks:
             task.cancel()
-        # Let the writer finish what is queued, then stop it.
-        for _ in range(200):
-            if self._queue.empty():
+        # Let the writer finish what is queued and the batch it is in (its callers
+        # get their answers), then stop it.
+        for _ in range(500):
+            if self._queue.empty() and not self._writing:
                 break
             await asyncio.sleep(0.01)
         if self._writer_task is not None:
@@ -266,7 +257,7 @@ class PostgresStore(PgWriter, Store):
                     self._cache_put(state_from_row(tuple(r.values())))
         except Exception as exc:
             if is_connection_error(exc) or isinstance(exc, asyncpg.PostgresError):
-                raise storage_error(exc) from None
+                raise await self._failed(exc) from None
             raise
         self._cache_put(state)
         return self.get(path)
@@ -415,94 +406,6 @@ class PostgresStore(PgWriter, Store):
             await self._pool.execute("DELETE FROM garbage WHERE stream = $1", stream_id)
             self.counters["streams_reclaimed"] += 1
 
-    # -- reads --------------------------------------------------------------------------------
-    async def _read_records(self, stream_id: int, lo: int, hi: int, pos: int,
-                            budget: int, whole: bool) -> tuple[list[tuple[int, bytes]], bool]:
-        after = max(pos, lo)
-        tail = self._tails.get(stream_id)
-        if tail is None or after < tail.start:
-            # Catch-up behind the cached tail: straight from the database; it seeds
-            # the cache only for a stream that has none (tails.py).
-            return await self._db_read(stream_id, after, hi, budget, whole, tail is None)
-        if tail.end >= hi:
-            return scan_records(tail.ends, tail.datas, after, hi, budget)
-        # Newer records than the cache holds (another node committed them): one
-        # reader of this stream fetches them, the others then read them from memory.
-        lock = self._fetch_locks.get(stream_id)
-        if lock is None:
-            lock = self._fetch_locks[stream_id] = asyncio.Lock()
-        try:
-            async with lock:
-                tail = self._tails.get(stream_id)
-                if tail is not None and after >= tail.start and tail.end >= hi:
-                    return scan_records(tail.ends, tail.datas, after, hi, budget)
-                return await self._db_read(stream_id, after, hi, budget, whole, True)
-        finally:
-            if not lock.locked():
-                self._fetch_locks.pop(stream_id, None)
-
-    async def _db_read(self, stream_id: int, after: int, hi: int, budget: int, whole: bool,
-                       populate: bool) -> tuple[list[tuple[int, bytes]], bool]:
-        """Records with end in (after, hi], fetched a page of rows at a time until the
-        budget is met: a catch-up read never loads more of a stream than it answers."""
-        if self._pool is None:
-            raise ProtocolError(503, "the store is not open (server starting or stopping)")
-        out: list[tuple[int, bytes]] = []
-        parts: list[bytes] | None = None
-        cache = self._tails
-        try:
-            async with self._pool.acquire(timeout=10) as con:
-                while True:
-                    rows = await con.fetch(
-                        "SELECT end_pos, kind, data, checksum FROM records WHERE stream = $1 "
-                        "AND end_pos > $2 AND end_pos <= $3 ORDER BY end_pos LIMIT $4",
-                        stream_id, after, hi, READ_PAGE_ROWS)
-                    for end, kind, data, checksum in rows:
-                        if checksum != record_checksum(stream_id, end, kind, data):
-                            raise CorruptRecord(stream_id, end - len(data), "failed its checksum")
-                        after = end
-                        if populate:
-                            if kind == HEAD:  # a whole append in one row
-                                cache.add(stream_id, end, data)
-                            elif not kind & _MORE:  # the last piece of a large append
-                                cache.add(stream_id, end, None, start=end)
-                        if whole:
-                            # Reassemble an append stored as pieces; pieces of an append
-                            # that began before the read's start are skipped.
-                            if kind & HEAD:
-                                parts = [data]
-                            elif parts is None:
-                                continue
-                            else:
-                                parts.append(data)
-                            if kind & _MORE:
-                                continue
-                            data = parts[0] if len(parts) == 1 else b"".join(parts)
-                            parts = None
-                        out.append((end - len(data), data))
-                        budget -= len(data)
-                        if budget <= 0 and parts is None:
-                            return out, True
-                    if len(rows) < READ_PAGE_ROWS:
-                        return out, False
-        except CorruptRecord as exc:
-            raise self._corrupt(exc) from None
-        except ProtocolError:
-            raise
-        except Exception as exc:
-            if is_connection_error(exc) or isinstance(exc, asyncpg.PostgresError):
-                raise storage_error(exc) from None
-            raise
-
-    def _corrupt(self, exc: CorruptRecord) -> ProtocolError:
-        state = self._by_id.get(exc.stream_id)
-        name = state.path if state is not None else f"#{exc.stream_id}"
-        text = (f"stored data of stream {name!r} at offset {format_offset(exc.start)} "
-                f"{exc.reason}; nothing was served")
-        log.error("%s", text)
-        self.counters["checksum_errors"] += 1
-        return ProtocolError(500, text)
-
     async def sync(self, timeout: float = 5.0) -> None:
         """Return once this node has applied every commit made (on any node) before the
         call: a NOTIFY barrier through the listener, which receives notifications in
@@ -527,6 +430,10 @@ class PostgresStore(PgWriter, Store):
         """A role only one node of the cluster holds at a time (subscriptions)."""
         return Role(self.dsn, name, url, self._connect_kwargs)
 
+    async def try_lead(self, role: Role) -> bool:
+        """Take ``role`` if no node holds it; True while this node holds it."""
+        return await role.try_lead(self._pool)
+
     async def leader_url(self, role: Role) -> str | None:
         if self._pool is None:
             return None
@@ -534,8 +441,31 @@ class PostgresStore(PgWriter, Store):
             return await role.leader_url(self._pool)
         except Exception as exc:
             if is_connection_error(exc) or isinstance(exc, asyncpg.PostgresError):
-                raise storage_error(exc) from None
+                raise await self._failed(exc) from None
             raise
+
+    async def _failed(self, exc: BaseException) -> ProtocolError:
+        """A request's database error as its one-line 503; after a broken connection
+        the pool's idle connections are replaced (PostgreSQL probably restarted)."""
+        if is_connection_error(exc) and self._pool is not None:
+            await self._pool.expire_connections()
+        return storage_error(exc)
+
+    @property
+    def listening(self) -> bool:
+        """Whether this node's LISTEN connection is up (other nodes' commits reach it)."""
+        listener = self._listener
+        return (self._open and listener is not None and listener.con is not None
+                and not listener.con.is_closed())
+
+    def health_problem(self) -> str | None:
+        """Why this node cannot serve now (for /readyz), or None."""
+        if not self._open:
+            return "the store is not open"
+        listener = self._listener
+        if listener is None or listener.con is None or listener.con.is_closed():
+            return "the database is unreachable (reconnecting)"
+        return None
 
     def stats(self) -> dict[str, int]:
         listener = self._listener

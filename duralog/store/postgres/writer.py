@@ -13,7 +13,8 @@ ONE transaction:
    (protocol.state.decide_append/apply_append, store.plans) through the
    SQLite backend's ``Batch`` overlay, so all backends give the same answers;
 3. write records (with checksums), stream rows, producer rows, the registry
-   events, and a NOTIFY naming each changed stream; then COMMIT.
+   events, and a NOTIFY naming each changed stream, in one statement (one
+   round trip; deletes and retention trims add theirs); then COMMIT.
 
 Data, producer state, Stream-Seq, closure and the registry event thus commit
 together (PROTOCOL.md 5.2.1), and appends to one stream through different
@@ -74,12 +75,22 @@ SELECT p.stream, p.producer, p.epoch, p.last_seq, p.last_used FROM producers p
 JOIN unnest($1::bigint[], $2::text[]) AS w(stream, producer)
   ON p.stream = w.stream AND p.producer = w.producer
 """
-UPSERT_SQL = (f"INSERT INTO streams ({COLUMNS}) VALUES "
-              f"({', '.join(f'${i}' for i in range(1, 22))}) ON CONFLICT (id) DO UPDATE SET "
-              + ", ".join(f"{c} = EXCLUDED.{c}" for c in COLUMNS.split(", ")[1:]))
-PRODUCER_UPSERT_SQL = ("INSERT INTO producers VALUES ($1, $2, $3, $4, $5) "
-                       "ON CONFLICT (stream, producer) DO UPDATE SET epoch = EXCLUDED.epoch, "
-                       "last_seq = EXCLUDED.last_seq, last_used = EXCLUDED.last_used")
+_STREAM_TYPES = ("bigint", "text", "text", "float8", "bigint", "bigint", "text", "float8",
+                 "float8", "int", "text", "text", "bigint", "text", "bigint", "bigint", "int",
+                 "int", "bigint", "bigint", "bigint")
+WRITE_SQL = (
+    "WITH rec AS (INSERT INTO records (stream, end_pos, kind, data, checksum, ts) "
+    "SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::smallint[], $4::bytea[], "
+    "$5::bigint[], $6::float8[])), "
+    f"st AS (INSERT INTO streams ({COLUMNS}) SELECT * FROM unnest("
+    + ", ".join(f"${i + 7}::{t}[]" for i, t in enumerate(_STREAM_TYPES))
+    + ") ON CONFLICT (id) DO UPDATE SET "
+    + ", ".join(f"{c} = EXCLUDED.{c}" for c in COLUMNS.split(", ")[1:]) + "), "
+    "pr AS (INSERT INTO producers (stream, producer, epoch, last_seq, last_used) "
+    "SELECT * FROM unnest($28::bigint[], $29::text[], $30::bigint[], $31::bigint[], "
+    "$32::float8[]) ON CONFLICT (stream, producer) DO UPDATE SET epoch = EXCLUDED.epoch, "
+    "last_seq = EXCLUDED.last_seq, last_used = EXCLUDED.last_used) "
+    "SELECT count(pg_notify($33, n)) FROM unnest($34::text[]) AS n")
 
 
 def notify_entry(state: StreamState, dropped: bool = False) -> str:
@@ -104,6 +115,8 @@ class PgWriter:
     def _init_writer(self) -> None:
         self._queue: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
         self._writer_task: asyncio.Task[None] | None = None
+        self._writing = False  # a batch is in its transaction
+        self._committing = False  # ... and its COMMIT has been (or is being) sent
 
     def _submit(self, kind: int, a: Any, b: Any = None) -> asyncio.Future[Any]:
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
@@ -123,6 +136,7 @@ class PgWriter:
                     nbytes += len(op[2].payload)
             self.counters["batches"] += 1
             self.counters["ops"] += len(ops)
+            self._writing = True
             try:
                 await self._run_batch(ops, split=True)
             except Exception:  # pragma: no cover - a bug; keep serving
@@ -130,6 +144,8 @@ class PgWriter:
                 err = ProtocolError(503, "internal storage error, nothing was written")
                 for op in ops:
                     _answer(op[3], None, err)
+            finally:
+                self._writing = False
 
     async def _run_batch(self, ops: list[tuple[Any, ...]], split: bool) -> None:
         for attempt in itertools.count():
@@ -143,6 +159,14 @@ class PgWriter:
             except ProtocolError as exc:
                 error = exc
             except Exception as exc:
+                if is_connection_error(exc) and self._pool is not None:
+                    # PostgreSQL restarted or a connection broke: the pool's other idle
+                    # connections are likely dead too; open fresh ones from now on.
+                    await self._pool.expire_connections()
+                    if attempt == 0 and not self._committing:
+                        # COMMIT was never sent, so nothing of this batch can have been
+                        # written: run it once more on a new connection.
+                        continue
                 if not is_connection_error(exc) and not isinstance(exc, asyncpg.PostgresError):
                     log.exception("writer failed")
                 if split and len(ops) > 1 and not is_connection_error(exc):
@@ -156,7 +180,17 @@ class PgWriter:
                 for fut, value, err in batch.results:
                     _answer(fut, value, err)
                 return
-            err = error if isinstance(error, ProtocolError) else storage_error(error)
+            if isinstance(error, ProtocolError):
+                err = error
+            elif self._committing and is_connection_error(error):
+                # The connection died with COMMIT on its way: PostgreSQL may or may not
+                # have committed. Not an acknowledgement either way; a producer's
+                # retry (5.2.1) is deduplicated if it had.
+                err = ProtocolError(503, "database connection lost during commit: the "
+                                         "write may or may not be stored; retry (with "
+                                         "Producer-Id for exactly once)")
+            else:
+                err = storage_error(error)
             if not isinstance(error, ProtocolError):
                 log.error("commit failed: %s", err.reason)
             for op in ops:
@@ -186,8 +220,15 @@ class PgWriter:
                 names_registry = True
         if names_registry and self.registry is not None:
             paths.add(self.registry)
+        self._committing = False
+        unsynced = all(op[0] == APPEND and not op[2].sync for op in ops)
         async with self._pool.acquire(timeout=10) as con, con.transaction():
             started = time.perf_counter()
+            if unsynced:
+                # Nothing but the server's own unsynced appends (the proxy's body
+                # batches, AppendRequest.sync): the commit does not wait for the WAL
+                # flush (readable at once; a PostgreSQL crash may lose the last ones).
+                await con.execute("SET LOCAL synchronous_commit TO off")
             rows = await con.fetch(LOCK_SQL, list(paths), ids)
             by_id: dict[int, StreamState] = {}
             by_path: dict[str, StreamState] = {}
@@ -234,6 +275,7 @@ class PgWriter:
                 if state.retention_bytes is not None and not state.soft_deleted:
                     await _trim(con, batch, state)
             await _write(con, batch)
+            self._committing = True  # leaving the block sends COMMIT
         self.counters["commits"] += 1
         observer = getattr(self, "commit_observer", None)
         if observer is not None:
@@ -316,10 +358,6 @@ async def _write(con: asyncpg.Connection, batch: Batch) -> None:
         await con.execute("DELETE FROM records WHERE stream = $1 AND end_pos <= $2",
                           stream_id, start)
         records = [r for r in records if r[0] != stream_id or r[1] > start]
-    if records:
-        await con.copy_records_to_table(
-            "records", records=records,
-            columns=("stream", "end_pos", "kind", "data", "checksum", "ts"))
     if dropped:
         gone = list(dropped)
         # The rows go now; records are reclaimed in the background (ids are never reused).
@@ -327,28 +365,34 @@ async def _write(con: asyncpg.Connection, batch: Batch) -> None:
         await con.execute("DELETE FROM producers WHERE stream = ANY($1::bigint[])", gone)
         await con.execute("INSERT INTO garbage SELECT unnest($1::bigint[]) "
                           "ON CONFLICT DO NOTHING", gone)
-    if states:
-        await con.executemany(UPSERT_SQL, [state_row(s) for s in states.values()])
-    if batch.producers:
-        rows = []
-        for stream_id, producer_id in batch.producers:
-            state = states.get(stream_id)
-            if state is None:
-                continue
+    producer_rows = []
+    for stream_id, producer_id in batch.producers:
+        state = states.get(stream_id)
+        if state is not None:
             p = state.producers[producer_id]
-            rows.append((stream_id, producer_id, p.epoch, p.last_seq, p.last_used))
-        if rows:
-            await con.executemany(PRODUCER_UPSERT_SQL, rows)
+            producer_rows.append((stream_id, producer_id, p.epoch, p.last_seq, p.last_used))
     entries = [notify_entry(s) for s in states.values()]
     entries += [notify_entry(s, dropped=True) for s in dropped.values()]
-    # NOTIFY is transactional: it is delivered at COMMIT, or never (listener.py).
+    chunks: list[str] = []
     chunk: list[str] = []
     size = 0
     for entry in entries:
         if size + len(entry) > NOTIFY_CHUNK:
-            await con.execute("SELECT pg_notify($1, $2)", CHANNEL, " ".join(chunk))
+            chunks.append(" ".join(chunk))
             chunk, size = [], 0
         chunk.append(entry)
         size += len(entry) + 1
     if chunk:
-        await con.execute("SELECT pg_notify($1, $2)", CHANNEL, " ".join(chunk))
+        chunks.append(" ".join(chunk))
+    # One statement, one round trip: records, stream rows, producer rows and the
+    # NOTIFY (transactional: delivered at COMMIT, or never; listener.py).
+    await con.execute(WRITE_SQL, *_columns(records, 6), *_columns(
+        [state_row(s) for s in states.values()], 21), *_columns(producer_rows, 5),
+        CHANNEL, chunks)
+
+
+def _columns(rows: list[tuple[Any, ...]], width: int) -> list[list[Any]]:
+    """Rows as one list per column (for unnest)."""
+    if not rows:
+        return [[] for _ in range(width)]
+    return [list(col) for col in zip(*rows, strict=True)]
