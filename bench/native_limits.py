@@ -198,10 +198,17 @@ def probe(server: str) -> dict[str, str]:
         out.update((k, slow[k]) for k in jobs)
         return out
     finally:
-        for pid in reversed(process_tree(proc.pid)):
+        # The server first, so that it stops its own workers; then whatever is left.
+        left = process_tree(proc.pid)[1:]
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        for pid in left:
             with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, 15)
-        proc.wait(10)
+                os.kill(pid, 9)
 
 
 def main(argv: list[str]) -> int:

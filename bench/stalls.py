@@ -49,6 +49,10 @@ def main(backend: str = "memory") -> None:
         flood = b"[" + b",".join([b"{}"] * (11 << 20)) + b"]"
         measure("append 33 MiB of {} (JSON)",
                 lambda: c.post(base + "/k", headers=json, content=flood).status_code)
+        # The largest body the default --max-body-size (64 MiB) lets in.
+        flood64 = b"[" + b",".join([b"{}"] * ((64 << 20) // 3 - 1)) + b"]"
+        measure("append 64 MiB of {} (JSON, the default --max-body-size)",
+                lambda: c.post(base + "/k", headers=json, content=flood64).status_code)
         c.put(base + "/o", headers=octets)
         blob = os.urandom(64 << 20)
         measure("append 64 MiB octets",
@@ -76,6 +80,26 @@ def main(backend: str = "memory") -> None:
             return r.status_code
 
         measure("SSE of 4 MiB of empty lines", sse)
+
+        c.put(base + "/big", headers=octets)
+        for _ in range(16):
+            c.post(base + "/big", headers=octets, content=os.urandom(8 << 20))
+
+        def slow_readers() -> str:
+            """240 SSE readers of a 128 MiB binary stream connect at once, never read."""
+            socks = []
+            for _ in range(240):
+                s = socket.socket()
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+                s.connect(("127.0.0.1", srv.port))
+                s.sendall(b"GET /v1/stream/big?offset=-1&live=sse HTTP/1.1\r\nHost: x\r\n\r\n")
+                socks.append(s)
+            time.sleep(5)
+            for s in socks:
+                s.close()
+            return "240 readers"
+
+        measure("240 slow SSE readers of 128 MiB connect at once", slow_readers)
 
         def many_headers() -> str:
             s = socket.create_connection(("127.0.0.1", srv.port))

@@ -93,7 +93,7 @@ class HeadProbe:
     body), not only the server's."""
 
     def __init__(self, server: ServerProcess) -> None:
-        httpx.put(server.url + "/v1/stream/probe-target")
+        httpx.put(server.url + "/v1/stream/probe-target", timeout=60)
         self.latencies: list[float] = []
         self._args = [sys.executable, "-m", "tests.head_probe", "127.0.0.1", str(server.port),
                       "/v1/stream/probe-target"]

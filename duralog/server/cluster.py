@@ -29,9 +29,10 @@ import httpx
 import orjson
 from prometheus_client import CollectorRegistry
 
+from ..protocol.errors import ProtocolError
 from .config import Config
 from .context import ServerContext
-from .http import Receive, Scope, Send
+from .http import Disconnected, Receive, Request, Scope, Send, read_body
 
 log = logging.getLogger("duralog.cluster")
 
@@ -63,6 +64,7 @@ class LeaderOnly:
         self.factory = factory
         self.inner = factory(ctx)
         self.role = ctx.store.role(role, advertise_url(ctx.config))  # type: ignore[attr-defined]
+        self.max_body = ctx.config.max_body_size
         self.running = False
         self._built_once = False
         self._changed = asyncio.Event()
@@ -136,14 +138,15 @@ class LeaderOnly:
         if url is None or url == self.role.url:
             await _unavailable(send, f"no node leads {self.role.name} right now; retry")
             return
-        body = bytearray()
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":
-                return  # the client went away
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
+        try:
+            # The leader applies the sub-app's own limit again; this one keeps a
+            # forwarding node from buffering more than any such request may carry.
+            body = await read_body(Request(scope, receive, ""), self.max_body)
+        except Disconnected:
+            return
+        except ProtocolError as err:
+            await _refuse(send, err.status, err.reason)
+            return
         path = scope.get("raw_path") or (scope.get("root_path", "") + scope["path"]).encode()
         query = scope.get("query_string", b"")
         target = url + path.decode("latin-1") + ("?" + query.decode("latin-1") if query else "")
@@ -155,7 +158,7 @@ class LeaderOnly:
         assert self._client is not None
         try:
             async with self._client.stream(scope["method"], target, headers=out,
-                                           content=bytes(body)) as resp:
+                                           content=body) as resp:
                 data = b"".join([chunk async for chunk in resp.aiter_raw()])
         except httpx.HTTPError as exc:
             self._leader = (0.0, None)
@@ -171,8 +174,14 @@ class LeaderOnly:
 
 
 async def _unavailable(send: Send, message: str) -> None:
-    body = orjson.dumps({"error": {"code": "UNAVAILABLE", "message": message}})
-    await send({"type": "http.response.start", "status": 503, "headers": [
+    await _refuse(send, 503, message, [(b"retry-after", b"1")])
+
+
+async def _refuse(send: Send, status: int, message: str,
+                  extra: list[tuple[bytes, bytes]] | None = None) -> None:
+    code = "UNAVAILABLE" if status == 503 else "INVALID_REQUEST"
+    body = orjson.dumps({"error": {"code": code, "message": message}})
+    await send({"type": "http.response.start", "status": status, "headers": [
         (b"content-type", b"application/json"), (b"cache-control", b"no-store"),
-        (b"retry-after", b"1"), (b"content-length", str(len(body)).encode())]})
+        (b"content-length", str(len(body)).encode()), *(extra or [])]})
     await send({"type": "http.response.body", "body": body})

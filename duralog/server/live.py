@@ -91,6 +91,8 @@ class LiveReads:
         # Encoded SSE data events shared by readers at the same position (see _sse_data).
         self._sse_events: dict[tuple[int, int, int], tuple[bytes, int]] = {}
         self._sse_event_bytes = 0
+        # Events being read and encoded now, for readers that ask for the same one.
+        self._sse_pending: dict[tuple[int, int, int], asyncio.Future[None]] = {}
 
     async def read(self, req: Request, send: Send, state: StreamState, pos: int, mode: str,
                    client_cursor: str | None) -> None:
@@ -240,10 +242,32 @@ class LiveReads:
         """
         shareable = encoding != "text" or decoder.getstate() == (b"", 0)
         key = (state.id, pos, state.tail)
-        if shareable:
+        if not shareable:
+            return await self._sse_encode(state, pos, encoding, decoder, False, key)
+        while True:
             hit = self._sse_events.get(key)
             if hit is not None:
                 return hit
+            pending = self._sse_pending.get(key)
+            if pending is None:
+                break
+            # Another reader is reading and encoding this very event (a store that
+            # reads in threads, like sqlite, lets many readers miss the cache at
+            # once: 240 readers starting together encoded the same event 240 times
+            # and held the loop 100-500 ms in all). Wait for it, then look again;
+            # if it was not kept (it failed, or the cache was cleared), go ahead.
+            await asyncio.wait([pending])
+        done = asyncio.get_running_loop().create_future()
+        self._sse_pending[key] = done
+        try:
+            return await self._sse_encode(state, pos, encoding, decoder, True, key)
+        finally:
+            del self._sse_pending[key]
+            done.set_result(None)
+
+    async def _sse_encode(self, state: StreamState, pos: int, encoding: str,
+                          decoder: codecs.IncrementalDecoder, shareable: bool,
+                          key: tuple[int, int, int]) -> tuple[bytes, int]:
         chunk = await self.store.read(state, pos, min(self.config.chunk_size, SSE_STEP))
         if encoding == "json":
             payload = jsonmode.wrap(chunk.parts).decode("utf-8")

@@ -214,6 +214,24 @@ class StreamOps:
             headers.append((b"stream-next-offset", state.next_offset.encode()))
         await self.http.respond(send, decision.status, headers)
 
+    def _waiting_at_cached_tail(self, name: str, offset: str | None) -> StreamState | None:
+        """A live read at the tail this node knows, on a shared store whose commit feed
+        is connected: the cached state will do (no database round trip). If other
+        nodes committed past it, their NOTIFYs are on the way and wake this reader;
+        anything else (an older or newer offset, -1, now) reads the database first."""
+        if not self.store.shared or offset is None or offset in (START, NOW):
+            return None
+        if not getattr(self.store, "listening", False):
+            return None
+        state = self.store.get(name)
+        if state is None or state.soft_deleted:
+            return None
+        try:
+            pos = parse_offset(offset)
+        except ProtocolError:
+            return None
+        return state if pos == state.tail else None
+
     async def _append_payload(self, state: StreamState, body: bytes,
                               content_type: str | None) -> bytes:
         """What an append stores: the body, or its JSON fragment (5.2)."""
@@ -279,7 +297,9 @@ class StreamOps:
             raise ProtocolError(400, "offset is empty")
         if live is not None and offset is None:
             raise ProtocolError(400, f"live={live} needs an offset")
-        state = await self.live_state(req.name)
+        state = self._waiting_at_cached_tail(req.name, offset) if live is not None else None
+        if state is None:
+            state = await self.live_state(req.name)
         self.store.touch(state)  # 5.1: live reads slide the TTL when they begin
         if offset is None or offset == START:
             pos = state.start  # retention: -1 is the earliest retained data

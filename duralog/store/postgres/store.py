@@ -451,6 +451,13 @@ class PostgresStore(PgReads, PgWriter, Store):
             await self._pool.expire_connections()
         return storage_error(exc)
 
+    @property
+    def listening(self) -> bool:
+        """Whether this node's LISTEN connection is up (other nodes' commits reach it)."""
+        listener = self._listener
+        return (self._open and listener is not None and listener.con is not None
+                and not listener.con.is_closed())
+
     def health_problem(self) -> str | None:
         """Why this node cannot serve now (for /readyz), or None."""
         if not self._open:
