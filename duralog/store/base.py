@@ -440,3 +440,29 @@ class Store(ABC):
         if sub > len(first):
             raise ProtocolError(400, "Stream-Fork-Sub-Offset is past the next append")
         return first[:sub]
+
+
+class WriterQueued(Store):
+    """What the backends whose changes commit on a writer (sqlite, postgres) share:
+    an expired stream leaves ``get`` at once while its removal is queued to the
+    writer, and sliding-TTL clocks are collected to be written in the background."""
+
+    _touched: set[int]
+
+    def get(self, path: str) -> StreamState | None:
+        # 4: an expired stream is gone at once; its removal is committed by the
+        # writer (queued by _expire), exactly as the memory store's get() leaves it.
+        state = self._by_path.get(path)
+        if state is not None and not state.soft_deleted and state.is_expired(time.time()):
+            self._expire(state)
+            if not state.refcount:
+                return None
+            marked = state.copy()
+            marked.soft_deleted = True
+            return marked
+        return state
+
+    def touch(self, state: StreamState) -> None:
+        if state.ttl is not None:
+            state.last_access = time.time()
+            self._touched.add(state.id)

@@ -29,7 +29,7 @@ import asyncpg
 
 from ...protocol.errors import ProtocolError
 from ...protocol.state import AppendDecision, AppendRequest, CreateRequest, StreamState
-from ..base import Store
+from ..base import WriterQueued
 from ..sqlite.schema import state_from_row
 from .listener import Listener
 from .reads import PgReads
@@ -67,7 +67,7 @@ WITH RECURSIVE chain AS (
 CHAIN_BY_IDS = CHAIN_BY_PATH.replace("WHERE path = $1", "WHERE id = ANY($1::bigint[])")
 
 
-class PostgresStore(PgReads, PgWriter, Store):
+class PostgresStore(PgReads, PgWriter, WriterQueued):
     """Streams in one PostgreSQL database, shared by any number of nodes."""
 
     shared = True
@@ -262,22 +262,6 @@ class PostgresStore(PgReads, PgWriter, Store):
         self._cache_put(state)
         return self.get(path)
 
-    def get(self, path: str) -> StreamState | None:
-        # 4: an expired stream is gone at once; its removal commits in the writer.
-        state = self._by_path.get(path)
-        if state is not None and not state.soft_deleted and state.is_expired(time.time()):
-            self._expire(state)
-            if not state.refcount:
-                return None
-            marked = state.copy()
-            marked.soft_deleted = True
-            return marked
-        return state
-
-    def touch(self, state: StreamState) -> None:
-        if state.ttl is not None:
-            state.last_access = time.time()
-            self._touched.add(state.id)
 
     def _expire(self, state: StreamState) -> None:
         if state.id in self._expiring or not self._open:

@@ -24,7 +24,7 @@ from typing import Any
 from ...protocol.errors import ProtocolError
 from ...protocol.offsets import format_offset
 from ...protocol.state import AppendDecision, AppendRequest, CreateRequest, StreamState
-from ..base import Store, scan_records
+from ..base import WriterQueued, scan_records
 from ..lock import DirLock
 from .batch import HEAD, MORE
 from .schema import DB_NAME, configure, load, open_database, record_checksum
@@ -65,7 +65,7 @@ class _Tail:
         self.size = 0
 
 
-class SQLiteStore(Writer, Store):
+class SQLiteStore(Writer, WriterQueued):
     """Streams in one SQLite file under ``data_dir``; see the module docstring."""
 
     def __init__(self, data_dir: str | os.PathLike[str], *,
@@ -189,23 +189,6 @@ class SQLiteStore(Writer, Store):
         return con
 
     # -- state (event loop side) -------------------------------------------------
-    def get(self, path: str) -> StreamState | None:
-        # 4: an expired stream is gone at once; its removal is committed by the
-        # writer (queued here), exactly as the memory store's get() would leave it.
-        state = self._by_path.get(path)
-        if state is not None and not state.soft_deleted and state.is_expired(time.time()):
-            self._expire(state)
-            if not state.refcount:
-                return None
-            marked = state.copy()
-            marked.soft_deleted = True
-            return marked
-        return state
-
-    def touch(self, state: StreamState) -> None:
-        if state.ttl is not None:
-            state.last_access = time.time()
-            self._touched.add(state.id)
 
     def _expire(self, state: StreamState) -> None:
         if state.id in self._expiring or not self._open:
