@@ -77,7 +77,6 @@ class Request(http.Request):
             raise YjsError(err.status, err.reason) from None
 
 
-
 class Responder:
     """Sends answers with the headers every Yjs response carries."""
 
