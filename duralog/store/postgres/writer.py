@@ -42,8 +42,6 @@ from ...protocol.state import (
     CreateRequest,
     ProducerState,
     StreamState,
-    apply_append,
-    decide_append,
 )
 from ..base import StaleState
 from ..plans import plan_create, plan_delete
@@ -307,17 +305,7 @@ def _do_append(batch: Batch, path: str, req: AppendRequest, now: float
         raise ProtocolError(410, "stream was deleted")
     if req.stream_id is not None and req.stream_id != state.id:
         raise StaleState()
-    shadow = batch.shadow(state)
-    decision = decide_append(shadow, req)
-    if decision.write:
-        if req.payload:
-            batch.add_payload(shadow.id, shadow.tail + len(req.payload), req.payload)
-        apply_append(shadow, req, decision, now)
-        if req.producer is not None and decision.producer_state is not None:
-            batch.producers.add((shadow.id, req.producer.id))
-        # Later appends of the batch move the shadow on; the answer carries this one's tail.
-        decision.headers["stream-next-offset"] = shadow.next_offset
-    return decision, shadow
+    return batch.append(state, req, now)
 
 
 def _do_create(batch: Batch, path: str, req: CreateRequest, payload: bytes | None,

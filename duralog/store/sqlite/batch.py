@@ -19,7 +19,13 @@ from collections import ChainMap
 from typing import Any
 
 from ...protocol.errors import ProtocolError
-from ...protocol.state import StreamState
+from ...protocol.state import (
+    AppendDecision,
+    AppendRequest,
+    StreamState,
+    apply_append,
+    decide_append,
+)
 from .. import registry as reg
 from ..plans import Plan, plan_delete
 from .schema import record_checksum
@@ -164,6 +170,22 @@ class Batch:
         self.records.extend(record_rows(stream_id, end, payload, self.now))
         # Too big to cache (None): the cache restarts after it.
         self.tails.append((stream_id, end, payload if len(payload) <= PIECE else None))
+
+    def append(self, state: StreamState, req: AppendRequest, now: float
+               ) -> tuple[AppendDecision, StreamState]:
+        """5.2: decide an append to ``state`` and, when accepted, apply it to the overlay."""
+        shadow = self.shadow(state)
+        decision = decide_append(shadow, req)
+        if decision.write:
+            if req.payload:
+                self.add_payload(shadow.id, shadow.tail + len(req.payload), req.payload)
+            apply_append(shadow, req, decision, now)
+            if req.producer is not None and decision.producer_state is not None:
+                self.producers.add((shadow.id, req.producer.id))
+            # The shadow moves on with later appends of this batch; the answer
+            # carries this append's own tail (the app prefers this header).
+            decision.headers["stream-next-offset"] = shadow.next_offset
+        return decision, shadow
 
     def apply(self, plan: Plan) -> None:
         """Apply a create/delete plan (store.plans) and its registry event to the overlay."""

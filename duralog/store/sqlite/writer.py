@@ -27,8 +27,6 @@ from ...protocol.state import (
     AppendRequest,
     CreateRequest,
     StreamState,
-    apply_append,
-    decide_append,
 )
 from ..plans import plan_create, plan_delete
 from ..retention import trim_start
@@ -230,19 +228,7 @@ class Writer:
 
     def _do_append(self, batch: Batch, path: str, req: AppendRequest, now: float
                    ) -> tuple[AppendDecision, StreamState]:
-        state = batch.live(path, now)
-        shadow = batch.shadow(state)
-        decision = decide_append(shadow, req)
-        if decision.write:
-            if req.payload:
-                batch.add_payload(shadow.id, shadow.tail + len(req.payload), req.payload)
-            apply_append(shadow, req, decision, now)
-            if req.producer is not None and decision.producer_state is not None:
-                batch.producers.add((shadow.id, req.producer.id))
-            # The shadow moves on with later appends of this batch; the answer
-            # carries this append's own tail (the app prefers this header).
-            decision.headers["stream-next-offset"] = shadow.next_offset
-        return decision, shadow
+        return batch.append(batch.live(path, now), req, now)
 
     def _do_create(self, batch: Batch, path: str, req: CreateRequest, payload: bytes | None,
                    prefix: bytes, now: float) -> tuple[StreamState, bool]:
