@@ -196,7 +196,7 @@ def test_append_prepared_for_a_replaced_stream_is_refused(pg_db: str) -> None:
 
 
 def test_tail_cache_keeps_only_gapless_runs() -> None:
-    from duralog.store.postgres.tails import TailCache
+    from duralog.store.tails import TailCache
 
     cache = TailCache()
     cache.add(1, 3, b"abc")

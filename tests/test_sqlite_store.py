@@ -28,9 +28,9 @@ from duralog.protocol.errors import ProtocolError
 from duralog.protocol.headers import Producer
 from duralog.protocol.offsets import format_offset
 from duralog.protocol.state import AppendRequest, CreateRequest
+from duralog.store import tails as tails_module
 from duralog.store.memory import MemoryStore
 from duralog.store.sqlite import DB_NAME, SQLiteStore
-from duralog.store.sqlite import store as sqlite_module
 
 from .rss_check import run as run_rss_check
 from .servers import ServerProcess, duralog_server, read_all
@@ -531,8 +531,8 @@ def test_answers_match_the_memory_store(tmp_path: Path) -> None:
 
 def test_tail_cache_is_bounded_and_serves_live_readers(tmp_path: Path,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(sqlite_module, "TAIL_CACHE_STREAM", 4096)
-    monkeypatch.setattr(sqlite_module, "TAIL_CACHE_TOTAL", 20_000)
+    monkeypatch.setattr(tails_module, "TAIL_CACHE_STREAM", 4096)
+    monkeypatch.setattr(tails_module, "TAIL_CACHE_TOTAL", 20_000)
 
     async def run() -> None:
         store = SQLiteStore(tmp_path / "data")
@@ -555,7 +555,7 @@ def test_tail_cache_is_bounded_and_serves_live_readers(tmp_path: Path,
                     for i in range(12)))
             stats = store.stats()
             assert stats["tail_cache_bytes"] <= 20_000
-            assert all(t.size <= 4096 for t in store._tails.values())
+            assert all(t.size <= 4096 for t in store._tails.tails.values())
             # A live reader just behind the tail of a recently written stream: memory only.
             state = store.get("c11")
             assert state is not None

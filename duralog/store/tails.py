@@ -1,15 +1,15 @@
-"""The tail cache: each node keeps the newest records of the streams it serves.
+"""The tail cache: the newest records of each stream, in memory, for live readers.
 
 Records never change once committed (a position names the same bytes forever;
-ids are never reused), so a node may keep any committed record it has seen:
-those its own writer committed, and those its readers fetched from the
-database (commits of other nodes). A stream's entry holds every record whose
-end is past ``start``, in order, with no hole; a record that does not follow
-the last one (another node's commits in between that this node has not read)
-starts the entry afresh. Live readers then read the newest data from memory,
-and when a commit wakes many readers of one stream on this node, one of them
-fetches the new records from the database and the others read them from here.
+ids are never reused), so a store may keep any committed record it has seen.
+A stream's entry holds every record whose end is past ``start``, in order,
+with no hole; a record that does not follow the last one starts the entry
+afresh. Live readers near the tail then read from memory, not from disk or
+the database.
 
+The sqlite store adds what its writer commits. The postgres store adds its own
+commits and the records its readers fetched (other nodes' commits: when a
+commit wakes many readers of one stream, one fetches and the others read here).
 Only whole appends up to one piece (256 KiB) are kept, never pieces of larger
 appends, so reads that need whole appends (JSON) can be served from here too.
 """

@@ -21,8 +21,8 @@ from ..base import scan_records
 from ..sqlite.batch import HEAD
 from ..sqlite.batch import MORE as _MORE
 from ..sqlite.schema import record_checksum
+from ..tails import TailCache
 from .schema import is_connection_error
-from .tails import TailCache
 
 log = logging.getLogger("duralog.postgres")
 

@@ -31,6 +31,7 @@ from ...protocol.errors import ProtocolError
 from ...protocol.state import AppendDecision, AppendRequest, CreateRequest, StreamState
 from ..base import WriterQueued
 from ..sqlite.schema import state_from_row
+from ..tails import TailCache
 from .listener import Listener
 from .reads import PgReads
 from .roles import Role
@@ -45,7 +46,6 @@ from .schema import (
     migrate,
     storage_error,
 )
-from .tails import TailCache
 from .writer import APPEND, CREATE, DELETE, EXPIRE, TRIM, PgWriter
 
 log = logging.getLogger("duralog.postgres")

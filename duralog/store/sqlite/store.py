@@ -15,7 +15,6 @@ import queue
 import sqlite3
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -26,15 +25,12 @@ from ...protocol.offsets import format_offset
 from ...protocol.state import AppendDecision, AppendRequest, CreateRequest, StreamState
 from ..base import WriterQueued, scan_records
 from ..lock import DirLock
+from ..tails import TailCache
 from .batch import HEAD, MORE
 from .schema import DB_NAME, configure, load, open_database, record_checksum
 from .writer import ACCESS, APPEND, CREATE, DELETE, EXPIRE, PRODUCERS, STOP, TRIM, Writer
 
 log = logging.getLogger("duralog.sqlite")
-
-#: The tail cache: recent records of each stream, so live readers do not read disk.
-TAIL_CACHE_STREAM = 256 << 10  # per stream
-TAIL_CACHE_TOTAL = 64 << 20  # all streams together (least recently written go first)
 
 #: Sliding-TTL last-access times are written at most this often (seconds); a
 #: crash may lose at most about this much of a stream's idle clock.
@@ -52,17 +48,6 @@ class CorruptRecord(Exception):
         self.start = start
         self.reason = reason
 
-
-class _Tail:
-    """One stream's most recent whole appends: every record with end > ``start``."""
-
-    __slots__ = ("datas", "ends", "size", "start")
-
-    def __init__(self, start: int) -> None:
-        self.start = start
-        self.ends: list[int] = []
-        self.datas: list[bytes] = []
-        self.size = 0
 
 
 class SQLiteStore(Writer, WriterQueued):
@@ -84,8 +69,7 @@ class SQLiteStore(Writer, WriterQueued):
         self._w_by_path: dict[str, StreamState] = {}
         self._w_by_id: dict[int, StreamState] = {}
         self._next_id = 1
-        self._tails: OrderedDict[int, _Tail] = OrderedDict()
-        self._tail_bytes = 0
+        self._tails = TailCache()
         self._touched: set[int] = set()
         self._expiring: set[int] = set()
         self._queue: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
@@ -285,9 +269,7 @@ class SQLiteStore(Writer, WriterQueued):
             current = by_path.get(state.path)
             if current is not None and current.id == state.id:
                 del by_path[state.path]
-            tail = self._tails.pop(state.id, None)
-            if tail is not None:
-                self._tail_bytes -= tail.size
+            self._tails.drop(state.id)
             changed.add(state.id)
         for state in states:
             old = by_id.get(state.id)
@@ -314,39 +296,9 @@ class SQLiteStore(Writer, WriterQueued):
             self._removed(removed)  # 4: expiries are announced like deletes
 
     def _cache(self, tails: list[tuple[int, int, bytes | None]]) -> None:
-        cache = self._tails
+        add = self._tails.add
         for stream_id, end, data in tails:
-            tail = cache.get(stream_id)
-            if data is None:
-                if tail is not None:
-                    self._tail_bytes -= tail.size
-                cache[stream_id] = _Tail(end)
-                continue
-            if tail is None:
-                tail = cache[stream_id] = _Tail(end - len(data))
-            else:
-                cache.move_to_end(stream_id)
-            tail.ends.append(end)
-            tail.datas.append(data)
-            tail.size += len(data)
-            self._tail_bytes += len(data)
-            if tail.size > TAIL_CACHE_STREAM:
-                # Drop the older half at once, so trimming costs O(1) per append.
-                keep = TAIL_CACHE_STREAM // 2
-                size, i = tail.size, 0
-                while size > keep and i < len(tail.datas) - 1:
-                    size -= len(tail.datas[i])
-                    i += 1
-                if i == 0:
-                    continue
-                tail.start = tail.ends[i - 1]
-                self._tail_bytes -= tail.size - size
-                tail.size = size
-                del tail.ends[:i]
-                del tail.datas[:i]
-        while self._tail_bytes > TAIL_CACHE_TOTAL and cache:
-            _, evicted = cache.popitem(last=False)
-            self._tail_bytes -= evicted.size
+            add(stream_id, end, data)
 
     # -- reads ---------------------------------------------------------------------
     async def _read_records(self, stream_id: int, lo: int, hi: int, pos: int,
@@ -436,6 +388,6 @@ class SQLiteStore(Writer, WriterQueued):
 
     # -- introspection for tests and tools ------------------------------------------------
     def stats(self) -> dict[str, int]:
-        return {"streams": len(self._by_id), "tail_cache_bytes": self._tail_bytes,
-                "tail_cache_streams": len(self._tails), **self.counters}
+        return {"streams": len(self._by_id), "tail_cache_bytes": self._tails.nbytes,
+                "tail_cache_streams": len(self._tails.tails), **self.counters}
 
